@@ -1,0 +1,152 @@
+"""Command-line flags: one table for every script, original flag names kept.
+
+Each pipeline picks the flag groups it needs; ``parse`` turns argv into a validated
+RunConfig, raising UsageError (one line, exit code 2) before anything heavy happens.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .errors import UsageError
+
+DEFAULT_JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,marc_ja-1.1-0.2,jnli-1.3-0.2,jsquad-1.1-0.2"
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] | None = str
+    choices: Sequence[str] | None = None
+    action: str | None = None  # "store_true" for switches
+    aliases: tuple[str, ...] = ()
+    dest: str | None = None
+    metavar: str | None = None
+
+    def add_to(self, parser: argparse._ActionsContainer) -> None:
+        kwargs: dict[str, Any] = {"help": self.help, "default": self.default}
+        if self.dest:
+            kwargs["dest"] = self.dest
+        if self.action:
+            kwargs["action"] = self.action
+        else:
+            kwargs["type"] = self.type
+            if self.metavar:
+                kwargs["metavar"] = self.metavar
+            if self.choices:
+                kwargs["choices"] = self.choices
+        if self.default is not None and not self.action:
+            kwargs["help"] += f" (default: {self.default})"
+        parser.add_argument(self.name, *self.aliases, **kwargs)
+
+
+SAMPLERS = ("TPE", "CMA-ES")
+SAMPLER_ALIASES = {"tpe": "TPE", "cma-es": "CMA-ES", "cmaes": "CMA-ES", "cma_es": "CMA-ES"}
+
+MODEL_FLAGS = [
+    Flag("--base_model", "Model subtracted to form the task vector (tuned - base): hub id or local dir."),
+    Flag("--tuned_model", "Model the task vector is taken from (tuned - base): hub id or local dir."),
+    Flag("--cache_dir", "Where hub downloads are cached (as in the original)."),
+    Flag("--dtype", "Precision of the live model and the task vector.", "bfloat16",
+         choices=("bfloat16", "float16", "float32")),
+    Flag("--device", "Device of the live model: cuda, cuda:N, cpu or mps (default: cuda when available, else cpu)."),
+    Flag("--vector_placement", "Where the target's original tensors and the task vector are kept: 'device' (fastest), "
+         "'cpu' (saves 2x model size of GPU memory), 'auto' (device when it fits, else cpu).", "auto",
+         choices=("auto", "device", "cpu")),
+    Flag("--skip_embed", "Do not add the task vector to embed_tokens / lm_head (as in the Chat Vector paper).",
+         action="store_true", default=False),
+    Flag("--trust_remote_code", "Allow models that ship their own Python code (off by default).",
+         action="store_true", default=False),
+    Flag("--allow_pickle", "Allow loading .bin/.pt (pickle) weights; only safetensors are loaded otherwise.",
+         action="store_true", default=False),
+]
+
+SEARCH_FLAGS = [
+    Flag("--optimize_mode", "Granularity of the weights: 'all' (one per tensor), 'layer' (one per decoder layer + "
+         "embeddings, final norm, lm_head) or 'parameter' (one per kind of tensor).", "layer",
+         choices=("all", "layer", "parameter")),
+    Flag("--optuna_sampler", "Optuna sampler: TPE or CMA-ES.", "TPE",
+         type=lambda v: SAMPLER_ALIASES.get(v.lower(), v)),
+    Flag("--optuna_seed", "Seed for the sampler (same seed, same proposals).", 42, type=int),
+    Flag("--n_trials", "Number of completed trials the study should reach (baselines included).", 30, type=int),
+    Flag("--weight_min", "Lowest weight searched (negative allowed).", 0.0, type=float),
+    Flag("--weight_max", "Highest weight searched.", 2.0, type=float),
+    Flag("--storage", "Optuna storage URL (sqlite:///..., postgresql://..., or a journal file path ending in "
+         ".log). Default: sqlite in the run directory."),
+    Flag("--study_name", "Study name; default is derived from the inputs, so rerunning the same command resumes."),
+    Flag("--run_dir", "Directory for the study database, logs and per-trial records (default: runs/<study_name>)."),
+    Flag("--no_baseline_trials", "Do not enqueue the two baseline trials (all weights 1.0, then all 0.0).",
+         action="store_true", default=False),
+]
+
+OUTPUT_FLAGS = [
+    Flag("--output_dir", "Where the best model is saved.", "./model-chatvector"),
+    Flag("--overwrite_output_dir", "Replace an existing non-empty --output_dir.", action="store_true", default=False),
+    Flag("--log_level", "Logging level.", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+]
+
+JGLUE_FLAGS = [
+    Flag("--jglue_tasks", "Comma-separated lm-eval tasks, optionally weighted as name:weight. Accepts ja_leaderboard_* "
+         "names, the original Stability-style names (jcommonsenseqa-1.1-0.3, ...) and tasks from --task_search_path.",
+         DEFAULT_JGLUE_TASKS),
+    Flag("--jglue_limit", "Documents scored per task during the search: one value per task, comma-separated "
+         "(a single value applies to every task).", None),
+    Flag("--jglue_num_fewshot", "Few-shot examples per task, comma-separated (default: each task's own).", None),
+    Flag("--jglue_holdout_limit", "Held-out documents per task, taken after the search documents; scored for the "
+         "w=0, w=1 and best merges at the end (0 = no holdout).", "0"),
+    Flag("--jglue_data_dir", "Local copy of the official JGLUE repository (datasets/jcommonsenseqa-v1.3/...) to run the "
+         "JGLUE tasks without hub access."),
+    Flag("--task_search_path", "Directory of your own lm-eval task YAMLs; their names can go into --jglue_tasks."),
+    Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
+]
+
+
+@dataclass
+class Pipeline:
+    """What one entry script needs from the CLI."""
+
+    prog: str
+    description: str
+    target_flags: list[Flag]
+    evaluator_flags: list[Flag]
+    extra_groups: dict[str, list[Flag]] = field(default_factory=dict)
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=self.prog, description=self.description)
+        groups = {"models": self.target_flags + MODEL_FLAGS, "search": SEARCH_FLAGS, "output": OUTPUT_FLAGS,
+                  "evaluation": self.evaluator_flags, **self.extra_groups}
+        for title, flags in groups.items():
+            group = parser.add_argument_group(title)
+            for flag in flags:
+                flag.add_to(group)
+        parser.add_argument("--dry_run", action="store_true", default=False,
+                            help="Validate the inputs, print the plan and exit without loading any weights.")
+        return parser
+
+
+def parse_namespace(pipeline: Pipeline, argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse with its own errors turned into UsageError (one line, exit 2)."""
+    parser = pipeline.parser()
+
+    def error(message: str) -> None:  # argparse's default prints usage; we print one line
+        raise UsageError(None, f"{message} (see --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """Run an entry point: UsageError becomes one line on stderr and its exit code."""
+    try:
+        main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        logging.getLogger(__name__).warning("interrupted; completed trials are kept in the study storage")
+        sys.exit(130)

@@ -1,0 +1,183 @@
+"""The engine every script shares: load -> task vector -> merger -> Optuna search -> holdout -> save.
+
+A pipeline supplies only its flags and its evaluator; everything else is here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+
+from . import __version__
+from .config import RunConfig
+from .evaluators import Evaluator
+from .grouping import group_names, ordered_groups
+from .merger import Merger
+from .models import DTYPES, load_model, resolve, save_model
+from .search import (FINISHED, enqueue_baselines, finished_trials, make_objective, open_storage, open_study, redact,
+                     run_search)
+from .task_vector import build_task_vector
+
+log = logging.getLogger(__name__)
+
+EvaluatorFactory = Callable[[RunConfig], Evaluator]
+HOST_RESERVE = 0.25  # of a model's size, kept free for activations when placing the copies on the GPU
+
+
+@dataclass
+class RunResult:
+    study_name: str
+    best_value: float
+    best_trial: int
+    best_weights: dict[str, float]
+    holdout: dict[str, float | None] = field(default_factory=dict)
+    search_baselines: dict[str, float] = field(default_factory=dict)
+    output_dir: Path | None = None
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the engine logs each trial itself, with its timing
+
+
+def choose_store_device(config: RunConfig, model_bytes: int) -> str:
+    """Where the target copy and the task vector live (see README: hardware guidance)."""
+    if config.vector_placement == "cpu":
+        return "cpu"
+    if config.vector_placement == "device" or not config.device.startswith("cuda"):
+        return config.device
+    free, _total = torch.cuda.mem_get_info(torch.device(config.device))
+    fits = free > (2 + HOST_RESERVE) * model_bytes
+    log.info("vector placement auto: %.1f GiB free on %s, copies need %.1f GiB -> %s", free / 2**30, config.device,
+             2 * model_bytes / 2**30, "device" if fits else "cpu")
+    return config.device if fits else "cpu"
+
+
+def baseline_values(study: optuna.Study) -> dict[str, float]:
+    return {t.user_attrs["baseline"]: t.value for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if "baseline" in t.user_attrs and t.value is not None}
+
+
+def run(config: RunConfig, make_evaluator: EvaluatorFactory) -> RunResult:
+    """Run (or resume) one optimization end to end and save the best model."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(config.storage)
+    log.info("study %s in %s", config.study_name, redact(config.storage))
+
+    started = time.perf_counter()
+    evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
+    target_dir = resolve(config.targets[0], config.cache_dir, config.allow_pickle)
+    base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
+    tuned_dir = resolve(config.tuned, config.cache_dir, config.allow_pickle)
+    model, tokenizer = load_model(target_dir, config.dtype, config.device, config.trust_remote_code,
+                                  config.allow_pickle)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    store_device = choose_store_device(config, model_bytes)
+    vector = build_task_vector(model, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=store_device,
+                               skip_embed=config.skip_embed)
+    groups = {name: group for name, group in group_names(list(vector), config.optimize_mode).items()}
+    group_order = ordered_groups(groups)
+    merger = Merger(model, vector, groups, store_device)
+    log.info("loaded in %.1fs: %d tensors, %d weights (%s mode), copies on %s (%.2f GiB)",
+             time.perf_counter() - started, len(vector), len(group_order), config.optimize_mode, store_device,
+             merger.stored_bytes() / 2**30)
+
+    study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None))
+    study.set_user_attr("inputs", config.recipe_inputs())
+    if config.baseline_trials:
+        enqueue_baselines(study, group_order)
+    already = finished_trials(study)
+    if already:
+        log.info("resuming: %d of %d trials already finished", already, config.n_trials)
+
+    def score(weights: dict[str, float], trial: optuna.Trial) -> tuple[float, dict]:
+        merger.apply(weights)
+        result = evaluator.score(model, tokenizer, trial)
+        return result.value, result.details
+
+    run_search(study, config.n_trials, make_objective(group_order, config.weight_min, config.weight_max, score))
+
+    best = study.best_trial
+    result = RunResult(config.study_name, best.value, best.number, dict(best.params),
+                       search_baselines=baseline_values(study))
+    result.holdout = score_holdout(merger, evaluator, model, tokenizer, group_order, result.best_weights)
+    merger.apply(result.best_weights)
+    result.output_dir = save_model(model, tokenizer, config.output_dir, config.overwrite_output_dir,
+                                   {"merge_recipe.json": recipe(config, result, len(vector))})
+    return result
+
+
+def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer, group_order: list[str],
+                  best_weights: dict[str, float]) -> dict[str, float | None]:
+    """Held-out scores of the target (w=0), plain addition (w=1) and the best weights."""
+    candidates = {"w=0": dict.fromkeys(group_order, 0.0), "w=1": dict.fromkeys(group_order, 1.0),
+                  "best": best_weights}
+    scores: dict[str, float | None] = {}
+    for label, weights in candidates.items():
+        merger.apply(weights)
+        outcome = evaluator.holdout(model, tokenizer)
+        if outcome is None:
+            return {}
+        scores[label] = outcome.value
+        log.info("holdout %s: %.4f", label, outcome.value)
+    return scores
+
+
+def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, Any]:
+    """merge_recipe.json: enough to understand and reproduce the merge."""
+    return {
+        "tool": f"task_vector_opt {__version__}",
+        "formula": "target + weight * (tuned - base)",
+        "inputs": config.recipe_inputs(),
+        "study": {"name": config.study_name, "storage": redact(config.storage), "n_trials": config.n_trials},
+        "best": {"trial": result.best_trial, "score": result.best_value},
+        "baselines_search_score": result.search_baselines,
+        "holdout_score": result.holdout,
+        "tensors": n_tensors,
+        "weights": result.best_weights,
+    }
+
+
+def print_summary(result: RunResult) -> None:
+    lines = ["", "=== task vector optimization finished ===",
+             f"study            : {result.study_name}",
+             f"best search score: {result.best_value:.4f} (trial {result.best_trial})"]
+    for label, value in result.search_baselines.items():
+        lines.append(f"  search {label}: {value:.4f}")
+    if result.holdout:
+        lines.append("held-out scores  : " + ", ".join(f"{k} {v:.4f}" for k, v in result.holdout.items()))
+    weights = ", ".join(f"{k}={v:.3f}" for k, v in result.best_weights.items())
+    lines.append(f"best weights     : {weights if len(weights) < 600 else weights[:600] + ' ...'}")
+    lines.append(f"saved to         : {result.output_dir} (weights in merge_recipe.json)")
+    print("\n".join(lines))
+
+
+def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
+    """The plan, from config files only: no weights are read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    target_dir = config.targets[0].spec
+    model_config = AutoConfig.from_pretrained(target_dir, cache_dir=config.cache_dir,
+                                              trust_remote_code=config.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    names = [n for n, _ in skeleton.named_parameters()]
+    n_weights = len(ordered_groups(group_names(names, config.optimize_mode)))
+    model_bytes = sum(p.numel() for p in skeleton.parameters()) * DTYPES[config.dtype].itemsize
+    gib = model_bytes / 2**30
+    on_device = config.vector_placement != "cpu" and config.device != "cpu"
+    return json.dumps({
+        "study": config.study_name, "storage": redact(config.storage), "run_dir": str(config.run_dir),
+        "optimize_mode": config.optimize_mode, "weights": n_weights, "tensors": len(names),
+        "sampler": config.sampler, "n_trials": config.n_trials,
+        "memory_estimate_gib": {config.device: round(gib * (3 if on_device else 1), 2),
+                                **({} if on_device else {"cpu (target copy + task vector)": round(2 * gib, 2)})},
+        "evaluator": evaluator_line, "output_dir": str(config.output_dir),
+    }, indent=2)

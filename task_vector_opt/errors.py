@@ -1,0 +1,19 @@
+"""Errors that speak to the user: each one becomes one line on stderr and an exit code."""
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2, before any model loads."""
+
+    exit_code = 2
+
+    def __init__(self, flag: str | None, message: str):
+        self.flag = flag
+        super().__init__(f"{flag}: {message}" if flag else message)
+
+
+class TaskVectorMismatch(UsageError):
+    """The task vector does not fit the target (missing tensor or shape mismatch)."""
+
+    def __init__(self, message: str):
+        super().__init__(None, message)

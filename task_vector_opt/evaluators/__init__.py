@@ -1,0 +1,26 @@
+"""Scorers behind one small interface: score(model, tokenizer, trial) -> Score.
+
+Expensive set-up (tasks, questions, judge clients) happens in the constructor,
+once per run; ``score`` is called once per trial on the live, merged model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Score:
+    value: float  # the number Optuna maximizes
+    details: dict[str, float] = field(default_factory=dict)  # per-task metrics, stored as trial user attrs
+
+
+class Evaluator(Protocol):
+    def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
+        """Score the live model on the search split; may report intermediate values to ``trial`` for pruning."""
+
+    def holdout(self, model: Any, tokenizer: Any) -> Score | None:
+        """Score the live model on held-out data, or None when the run has no holdout."""
+
+    def describe(self) -> str:
+        """One line for the plan / summary: what is scored and how."""

@@ -1,0 +1,134 @@
+"""Resolve hub ids / local dirs, load the live target, read safetensors lazily, save atomically."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .config import ModelSource, PICKLE_PATTERNS
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# What a merge needs from a hub repo: config, tokenizer, safetensors weights (no pickles, no GGUF, no ONNX).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def resolve(source: ModelSource, cache_dir: str | None, allow_pickle: bool = False) -> Path:
+    """Return a local directory for ``source``, downloading only what a merge needs from the hub."""
+    if source.is_local:
+        return Path(source.spec).expanduser()
+    from huggingface_hub import snapshot_download
+
+    patterns = HUB_PATTERNS + (list(PICKLE_PATTERNS) if allow_pickle else [])
+    try:
+        return Path(snapshot_download(source.spec, cache_dir=cache_dir, allow_patterns=patterns))
+    except Exception as exc:  # the hub client raises many types; the user needs one line
+        raise UsageError(source.flag, f"could not download {source.spec!r} from the Hugging Face hub "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                      "check the id, your network, or give a local directory") from None
+
+
+class WeightFiles:
+    """Lazy, tensor-by-tensor access to a model directory's safetensors (sharded or not)."""
+
+    def __init__(self, directory: Path):
+        from safetensors import safe_open
+
+        self.directory = directory
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        else:
+            weight_map = {}
+            for file in sorted(directory.glob("*.safetensors")):
+                with safe_open(str(file), framework="pt") as handle:
+                    weight_map.update({key: file.name for key in handle.keys()})
+        if not weight_map:
+            raise UsageError(None, f"{directory} has no safetensors weights")
+        self.weight_map = weight_map
+        self._handles: dict[str, Any] = {}
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.weight_map
+
+    def _handle(self, key: str):
+        from safetensors import safe_open
+
+        file = self.weight_map[key]
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(self.directory / file), framework="pt", device="cpu")
+        return self._handles[file]
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._handle(key).get_tensor(key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._handle(key).get_slice(key).get_shape())
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool):
+    """Load a causal LM for scoring and merging, with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=DTYPES[dtype], device_map=device, use_safetensors=not allow_pickle or None,
+        trust_remote_code=trust_remote_code,
+    )
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+@contextmanager
+def atomic_directory(final: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename."""
+    final = final.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield staging
+        if final.exists():
+            if not overwrite and any(final.iterdir()):
+                raise UsageError("--output_dir", f"{final} appeared and is not empty; pass --overwrite_output_dir")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files: dict[str, Any]) -> Path:
+    """Save model (sharded safetensors), tokenizer, generation config and JSON side files atomically."""
+    with atomic_directory(output_dir, overwrite) as staging:
+        model.save_pretrained(staging, max_shard_size="5GB")
+        tokenizer.save_pretrained(staging)
+        for name, payload in extra_files.items():
+            write_json_atomic(staging / name, payload)
+    log.info("saved the merged model to %s", output_dir)
+    return output_dir

@@ -1,0 +1,124 @@
+"""The Optuna study: storage, sampler, baseline trials, and a resumable search loop.
+
+Optuna owns storage, resume, heartbeats and retries; this module only decides
+which study to open and how many trials are still missing.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+BASELINES = (("w=1 (plain task vector)", 1.0), ("w=0 (target unchanged)", 0.0))
+MAX_CONSECUTIVE_FAILURES = 5
+HEARTBEAT_SECONDS = 60
+
+
+def redact(url: str) -> str:
+    """Hide a password in a storage URL before it is logged or written."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open (and create if needed) the study storage; fail with one line if Optuna cannot."""
+    try:
+        if url.endswith((".log", ".journal")) or url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:")).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        )
+    except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs the URL and the reason
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError("--storage", f"Optuna cannot open {redact(url)!r} ({reason}); give a sqlite:///path, "
+                                      "postgresql://user:pass@host/db, mysql://... URL or a journal file ending in "
+                                      ".log") from None
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "TPE":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "CMA-ES":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str, seed: int,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                               sampler=make_sampler(sampler, seed), pruner=pruner or optuna.pruners.NopPruner(),
+                               load_if_exists=True)
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def enqueue_baselines(study: optuna.Study, group_names: list[str]) -> None:
+    """w=1 everywhere (plain task-vector addition), then w=0 everywhere (the target), on a new study only."""
+    if study.get_trials(deepcopy=False):
+        return
+    for label, value in BASELINES:
+        study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label})
+
+
+def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.Trial], float]) -> None:
+    """Run trials until ``n_trials`` have finished; failed trials are recorded and retried, not counted."""
+    consecutive_failures = 0
+    while (missing := n_trials - finished_trials(study)) > 0:
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
+        failures = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+        consecutive_failures = consecutive_failures + failures if failures else 0
+        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            last = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-1]
+            raise RuntimeError(f"{consecutive_failures} trials failed in a row; last reason: "
+                               f"{last.user_attrs.get('fail_reason', 'see the log')}")
+
+
+def make_objective(group_names: list[str], weight_min: float, weight_max: float,
+                   score: Callable[[dict[str, float], optuna.Trial], tuple[float, dict]]
+                   ) -> Callable[[optuna.Trial], float]:
+    """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks."""
+
+    def objective(trial: optuna.Trial) -> float:
+        weights = {name: trial.suggest_float(name, weight_min, weight_max) for name in group_names}
+        started = time.perf_counter()
+        try:
+            value, details = score(weights, trial)
+        except optuna.TrialPruned:
+            log.info("trial %d pruned after %.1fs", trial.number, time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            raise
+        elapsed = time.perf_counter() - started
+        for key, metric in details.items():
+            trial.set_user_attr(key, metric)
+        trial.set_user_attr("elapsed_s", round(elapsed, 3))
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"score is {value}")
+            raise ValueError(f"trial {trial.number}: the score is {value}, not a finite number")
+        log.info("trial %d: score %.4f in %.1fs", trial.number, value, elapsed)
+        return value
+
+    return objective
