@@ -81,8 +81,9 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
                                          f"{tuned_shape}; the task vector needs models of one architecture")
             rows = _rows_to_apply(name, tuple(param.shape), base_shape, name in embed_names)
             used_keys.update(keys)
-            delta = tuned.get(keys[1]).to(torch.float32)
-            delta -= base.get(keys[0]).to(torch.float32)
+            # A new tensor: an in-place op on the memory-mapped file tensor would keep a private copy of every
+            # tuned tensor alive until the file closes, i.e. the whole tuned model.
+            delta = tuned.get(keys[1]).to(torch.float32) - base.get(keys[0]).to(torch.float32)
             if rows is not None:
                 delta = delta[:rows]
             vector[name] = VectorEntry(delta.to(device=store_device, dtype=dtype).contiguous(), rows)

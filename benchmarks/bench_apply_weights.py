@@ -1,0 +1,111 @@
+"""Time one weight application against a plain copy and against the original tool's approach, side by side.
+
+    python benchmarks/bench_apply_weights.py [--arch qwen2-0.5b] [--dtype bfloat16] [--device cpu] [--repeats 5]
+
+Builds a mid-size model from its config with random weights (no download), then times, on the same live model:
+  ours      : Merger.apply with a new weight for every tensor (torch.add(origin, delta, alpha=w, out=param))
+  copy      : param.copy_(origin) for every tensor: a plain copy of the same parameter bytes
+  original  : model.load_state_dict(deep copy of the target), then v + w*tv per tensor, then param.copy_(...)
+and prints medians and the ratios ours/copy and original/ours.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from task_vector_opt.grouping import group_names, ordered_groups  # noqa: E402
+from task_vector_opt.merger import Merger  # noqa: E402
+from task_vector_opt.task_vector import VectorEntry  # noqa: E402
+
+ARCHS = {
+    # Qwen2-0.5B's shapes (494M parameters, tied embeddings).
+    "qwen2-0.5b": ("Qwen2Config", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                       num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)),
+    # A Mistral-shaped model with 8 layers (about 1.3B parameters with its 32k vocabulary).
+    "mistral-8l": ("MistralConfig", dict(num_hidden_layers=8)),
+    "llama-160m": ("LlamaConfig", dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                       num_attention_heads=12, num_key_value_heads=12)),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="qwen2-0.5b", choices=sorted(ARCHS))
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import transformers
+
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    config_name, kwargs = ARCHS[args.arch]
+    config = getattr(transformers, config_name)(**kwargs)
+    torch.manual_seed(0)
+    with device:
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval().requires_grad_(False)
+    params = dict(model.named_parameters())
+    vector = {name: VectorEntry(torch.randn_like(p) * 0.01) for name, p in params.items()}
+    groups = group_names(list(vector), "all")
+    names = ordered_groups(groups)
+    merger = Merger(model, vector, groups, device)
+    n_bytes = sum(p.nbytes for p in params.values())
+    print(f"model {args.arch}: {sum(p.numel() for p in params.values()) / 1e6:.0f}M parameters, "
+          f"{n_bytes / 2**30:.2f} GiB in {args.dtype} on {device}, {len(params)} tensors, "
+          f"{torch.get_num_threads()} threads")
+
+    step = iter(range(10**9))
+
+    def ours() -> None:  # a new weight for every tensor, so every tensor is rewritten
+        merger.apply(dict.fromkeys(names, 0.5 + (next(step) % 7) / 10))
+
+    def plain_copy() -> None:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(merger.origin[name])
+
+    target_copy = copy.deepcopy(model.state_dict())  # what the original kept beside the live model
+
+    def original() -> None:
+        model.load_state_dict(target_copy)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(param + 0.7 * vector[name].delta)
+
+    t_ours = timed(ours, device, args.repeats)
+    t_copy = timed(plain_copy, device, args.repeats)
+    t_orig = timed(original, device, args.repeats)
+    print(f"{'method':<10}{'median s':>10}{'GB/s (param bytes)':>22}")
+    for label, t in (("ours", t_ours), ("copy", t_copy), ("original", t_orig)):
+        print(f"{label:<10}{t:>10.4f}{n_bytes / t / 1e9:>22.2f}")
+    print(f"ratio ours / plain copy      : {t_ours / t_copy:.2f}x  (target <= 1.2x, limit 1.5x)")
+    print(f"ratio original / ours        : {t_orig / t_ours:.2f}x  (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()
