@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
         if not (path / "config.json").is_file():
             raise UsageError(source.flag, f"directory {source.spec!r} has no config.json; point it at a saved "
                                           "Hugging Face model directory")
-        if any(path.glob(p) for p in WEIGHT_PATTERNS):
+        if any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
             return
         if any(any(path.glob(p)) for p in PICKLE_PATTERNS):
             if allow_pickle:
@@ -112,12 +113,19 @@ def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
 
 
 def check_writable_dir(flag: str, value: str) -> None:
+    """The nearest existing ancestor must be a directory we can really create files in."""
     path = Path(value).expanduser()
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(flag, f"{value!r} is not a writable directory; choose a directory you can write to")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(str(probe))
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(flag, f"{value!r} is not a writable directory ({exc.strerror or exc}); choose a directory "
+                               "you can write to") from None
 
 
 def check_output_dir(value: str, overwrite: bool) -> None:

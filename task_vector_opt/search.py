@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -41,10 +42,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-        )
+        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
     except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs the URL and the reason
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError("--storage", f"Optuna cannot open {redact(url)!r} ({reason}); give a sqlite:///path, "
