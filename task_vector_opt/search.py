@@ -15,6 +15,7 @@ from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import UsageError
 
@@ -65,9 +66,18 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str, seed: int,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create the study, or load it to resume.
+
+    A resumed study gets the seed shifted by its trial count: the same seed would replay the same
+    proposals that the interrupted run already evaluated. A fresh study with one seed is reproducible.
+    """
+    try:
+        existing = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:
+        existing = 0
     return optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                               sampler=make_sampler(sampler, seed), pruner=pruner or optuna.pruners.NopPruner(),
-                               load_if_exists=True)
+                               sampler=make_sampler(sampler, seed + existing),
+                               pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -87,8 +97,9 @@ def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.T
     consecutive_failures = 0
     while (missing := n_trials - finished_trials(study)) > 0:
         before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
+        with logging_redirect_tqdm():  # log lines print above the progress bar instead of breaking it
+            study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=True,
+                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
         failures = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
         consecutive_failures = consecutive_failures + failures if failures else 0
         if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:

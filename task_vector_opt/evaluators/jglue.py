@@ -1,0 +1,325 @@
+"""The JGLUE evaluator: lm-eval tasks (JGLUE by default) scored on the live, merged model.
+
+Settings come from the JGLUE flags (``jglue_settings_from_args``, every check before any model loads).
+``JGLUEEvaluator`` builds lm-eval's task objects once; each trial wraps the live model in lm-eval's
+``HFLM`` (no copy) and runs ``lm_eval.evaluator.evaluate`` on fixed documents of each task:
+
+* search: documents ``[0, limit)`` of each task's evaluation split;
+* holdout: documents ``[limit, limit + holdout)``, disjoint from the search ones.
+
+The score of a task is its primary metric (``lm_eval_tasks.primary_metric``: acc, else exact_match,
+else the task's first metric), the run's score is the weighted mean over tasks (``name:weight``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..cli import DEFAULT_JGLUE_TASKS
+from ..errors import UsageError
+from . import Score
+from .lm_eval_tasks import (TASKS_FLAG, ResolvedTask, check_data_dir, check_search_path, family_of_task,
+                            higher_is_better, local_data_files, normalized_weights, parse_task_list, per_task_ints,
+                            primary_metric, resolve_tasks, result_value, task_manager, weighted_mean,
+                            write_local_tasks)
+
+if TYPE_CHECKING:
+    from lm_eval.api.task import Task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 500  # documents per task during the search, as in the original
+FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed (simple_evaluate and the CLI's --seed 0,1234,1234,1234)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+@dataclass
+class JGLUESettings:
+    """Everything the JGLUE evaluator needs, as plain JSON-serializable data (dataclasses.asdict)."""
+
+    tasks: list[str]  # as given in --jglue_tasks (display names)
+    lm_eval_tasks: list[str]  # what lm-eval runs for each (ja_leaderboard_*, jglue_local_*, user tasks, ...)
+    weights: list[float]  # normalized to sum to 1
+    limits: list[int]  # search documents per task
+    num_fewshot: list[int | None]  # None: the task's own default
+    holdout_limits: list[int]  # held-out documents per task (0: none)
+    data_dir: str | None = None  # local JGLUE repository copy (absolute)
+    task_search_path: str | None = None  # folder of user task YAMLs (absolute)
+    batch_size: int | str = 16  # an integer, "auto" or "auto:N"
+
+
+def parse_batch_size(value: Any) -> int | str:
+    text = str(value).strip().lower()
+    if text == "auto" or (text.startswith("auto:") and text[5:].replace(".", "", 1).isdigit()
+                          and float(text[5:]) > 0):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise UsageError("--batch_size", f"{value!r} is not a batch size; give a positive integer, 'auto' or 'auto:N'")
+
+
+def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
+    """Validate the JGLUE flags (UsageError naming the flag) and build the settings; no model is touched.
+
+    Quick: parsing, file checks and lm-eval's small task index (japanese_leaderboard + --task_search_path);
+    lm-eval's full index is only built for a name found nowhere else.
+    """
+    requests = parse_task_list(getattr(args, "jglue_tasks", DEFAULT_JGLUE_TASKS))
+    names = [r.name for r in requests]
+    search_path = check_search_path(getattr(args, "task_search_path", None))
+    limits = per_task_ints("--jglue_limit", getattr(args, "jglue_limit", None), names, minimum=1)
+    fewshot = per_task_ints("--jglue_num_fewshot", getattr(args, "jglue_num_fewshot", None), names, minimum=0,
+                            allow_default=True)
+    holdout = per_task_ints("--jglue_holdout_limit", getattr(args, "jglue_holdout_limit", None), names, minimum=0)
+    batch_size = parse_batch_size(getattr(args, "batch_size", 16))
+    data_dir = check_data_dir(getattr(args, "jglue_data_dir", None))
+    resolved = resolve_tasks(requests, search_path=search_path, data_dir=data_dir)
+    if data_dir:
+        local_data_files(data_dir, resolved)  # names the first missing file
+    return JGLUESettings(
+        tasks=names,
+        lm_eval_tasks=[r.lm_eval_task for r in resolved],
+        weights=normalized_weights(requests),
+        limits=[int(x) for x in limits] if limits else [DEFAULT_LIMIT] * len(names),
+        num_fewshot=fewshot if fewshot else [None] * len(names),
+        holdout_limits=[int(x) for x in holdout] if holdout else [0] * len(names),
+        data_dir=data_dir,
+        task_search_path=search_path,
+        batch_size=batch_size,
+    )
+
+
+# ------------------------------------------------------------------------------------------- evaluator
+
+@contextlib.contextmanager
+def _logger_at_least(name: str, level: int) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    previous = logger.level
+    if logger.getEffectiveLevel() < level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _no_request_progress_bars() -> Iterator[None]:
+    """lm-eval draws a progress bar while it builds each task's requests (``tqdm`` in lm_eval.api.task), with no
+    option to turn it off: one bar per task and trial. Swap in a disabled bar for the call (kept at DEBUG)."""
+    import lm_eval.api.task as task_module
+
+    original = getattr(task_module, "tqdm", None)
+    if original is None or log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    task_module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        task_module.tqdm = original
+
+
+@functools.cache
+def _live_hflm_class() -> type:
+    """lm-eval's HFLM, with its per-call progress bars off (one model call per task and trial; kept at DEBUG)."""
+    from lm_eval.models.huggingface import HFLM
+
+    def quiet() -> bool:
+        return not log.isEnabledFor(logging.DEBUG)
+
+    class LiveHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or quiet())
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or quiet())
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or quiet())
+
+    return LiveHFLM
+
+
+@dataclass
+class TaskRun:
+    """One task as the evaluator runs it (built once, in the constructor)."""
+
+    name: str  # display name (as given)
+    lm_name: str
+    weight: float
+    task: Task
+    metric: str
+    result_key: str
+    num_fewshot: int
+    search_docs: list[int]
+    holdout_docs: list[int] = field(default_factory=list)
+
+
+class JGLUEEvaluator:
+    """lm-eval tasks on the live model; see the module docstring."""
+
+    pruner = None  # the engine's optional hook (an optuna pruner); None: trials run to the end
+
+    def __init__(self, settings: JGLUESettings, work_dir: Path):
+        """Build lm-eval's task objects once (data loaded, few-shot set, documents chosen).
+
+        ``work_dir`` (e.g. ``<run_dir>/lm_eval_tasks``) receives the generated task YAMLs when
+        ``settings.data_dir`` is set; it can be given to ``lm_eval --include_path`` as is.
+        """
+        started = time.perf_counter()
+        self.settings = settings
+        self.work_dir = Path(work_dir)
+        self._batch_sizes: dict[int, int] = {}  # batch sizes HFLM detected ("auto"), kept across trials
+        pairs = zip(settings.tasks, settings.lm_eval_tasks, strict=True)
+        resolved = [ResolvedTask(name, task, family_of_task(task)) for name, task in pairs]
+        local_yamls: dict[str, Path] = {}
+        if settings.data_dir:
+            local_yamls = write_local_tasks(self.work_dir, local_data_files(settings.data_dir, resolved),
+                                            settings.data_dir)
+        small = task_manager(settings.task_search_path)
+        needs_full = any(t not in small.all_tasks and t not in local_yamls for t in settings.lm_eval_tasks)
+        manager = task_manager(settings.task_search_path, full=needs_full)
+
+        self.runs: list[TaskRun] = []
+        for i, item in enumerate(resolved):
+            task = self._load_task(manager, item, local_yamls.get(item.lm_eval_task))
+            self.runs.append(self._plan_run(i, item, task))
+        log.info("lm-eval tasks ready in %.1fs: %s", time.perf_counter() - started, self.describe())
+
+    # ----------------------------------------------------------------------------------- construction
+
+    def _load_task(self, manager, item: ResolvedTask, yaml_path: Path | None) -> Task:
+        spec = str(yaml_path) if yaml_path else item.lm_eval_task
+        try:
+            loaded = manager.load([spec])["tasks"]
+        except Exception as exc:  # noqa: BLE001 - data that cannot be loaded is reported as one line
+            log.debug("loading %s failed", spec, exc_info=True)
+            hint = ""
+            if item.family is not None and item.family.local is not None and not yaml_path:
+                hint = "; without hub access, pass --jglue_data_dir with a local copy of the JGLUE repository"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UsageError(TASKS_FLAG, f"could not load lm-eval task {item.lm_eval_task} (for {item.name!r}): "
+                                         f"{type(exc).__name__}: {first}{hint}") from exc
+        if item.lm_eval_task not in loaded:
+            raise UsageError(TASKS_FLAG, f"{item.name!r} gave lm-eval tasks {sorted(loaded)}, not "
+                                         f"{item.lm_eval_task}; name a single task")
+        return loaded[item.lm_eval_task]
+
+    def _plan_run(self, i: int, item: ResolvedTask, task: Task) -> TaskRun:
+        s = self.settings
+        # few-shot as lm_eval.simple_evaluate sets it: an explicit value wins unless the task is fixed to 0-shot
+        default = task.get_config("num_fewshot")
+        asked = s.num_fewshot[i]
+        if asked is not None:
+            if default == 0 and asked != 0:
+                log.warning("%s: its config fixes num_fewshot to 0; --jglue_num_fewshot %d is ignored (as in lm-eval)",
+                            item.name, asked)
+            else:
+                task.set_config(key="num_fewshot", value=asked)
+        elif default is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=FEWSHOT_SEED)
+
+        metric, key = primary_metric(task)
+        if not higher_is_better(task, metric):
+            raise UsageError(TASKS_FLAG, f"{item.name!r}: its main metric {metric} is lower-is-better, but the search "
+                                         "maximizes the score; choose a task whose metric grows with quality")
+        available = len(task.eval_docs)
+        if available == 0:
+            raise UsageError(TASKS_FLAG, f"{item.name!r}: lm-eval task {item.lm_eval_task} has no documents to score")
+        limit, holdout = s.limits[i], s.holdout_limits[i]
+        n_search = min(limit, available)
+        if n_search < limit:
+            log.info("%s: %d documents available, scoring all %d (--jglue_limit %d)", item.name, available,
+                     n_search, limit)
+        holdout_docs = list(range(n_search, max(min(limit + holdout, available), n_search)))
+        if holdout and len(holdout_docs) < holdout:
+            if holdout_docs:
+                log.warning("%s: %d documents available; holdout clipped to %d of %d (documents %d-%d)", item.name,
+                            available, len(holdout_docs), holdout, holdout_docs[0], holdout_docs[-1])
+            else:
+                log.warning("%s: all %d documents are search documents; no holdout for this task (asked %d)",
+                            item.name, available, holdout)
+        return TaskRun(name=item.name, lm_name=item.lm_eval_task, weight=s.weights[i], task=task, metric=metric,
+                       result_key=key, num_fewshot=int(task.get_config("num_fewshot") or 0),
+                       search_docs=list(range(n_search)), holdout_docs=holdout_docs)
+
+    # -------------------------------------------------------------------------------------- scoring
+
+    def lm_for(self, model: Any, tokenizer: Any):
+        """lm-eval's HFLM around the live model: it keeps a reference (no copy) and calls model.eval() and
+        model.tie_weights(); it may set the tokenizer's pad token. Cheap, so it is built per call."""
+        cls = _live_hflm_class()
+        # HFLM warns twice that a pre-built model skips its loading options: expected here, not news per trial
+        with _logger_at_least("lm_eval.models.huggingface", logging.ERROR):
+            lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
+        lm.batch_sizes = self._batch_sizes
+        return lm
+
+    def _run(self, lm, run: TaskRun, docs: list[int]) -> float:
+        from lm_eval.evaluator import evaluate
+
+        # The few-shot sampler's RNG advances with every document: re-seed it so that each call (each trial)
+        # sees the same few-shot examples, exactly as a fresh lm-eval run would.
+        run.task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        task_dict = {"tasks": {run.lm_name: run.task}, "groups": {}, "group_map": {}}
+        with _no_request_progress_bars():
+            results = evaluate(lm=lm, task_dict=task_dict, samples={run.lm_name: list(docs)}, bootstrap_iters=0,
+                               log_samples=False)
+        return result_value(results, run.lm_name, run.result_key)
+
+    def _score(self, model: Any, tokenizer: Any, split: str, trial: Any | None) -> Score | None:
+        runs = [(r, r.search_docs if split == "search" else r.holdout_docs) for r in self.runs]
+        runs = [(r, docs) for r, docs in runs if docs]
+        if not runs:
+            return None
+        details: dict[str, float] = {}
+        weights: list[float] = []
+        with _logger_at_least("lm_eval", logging.WARNING):
+            lm = self.lm_for(model, tokenizer)
+            for step, (run, docs) in enumerate(runs):
+                started = time.perf_counter()
+                details[run.name] = self._run(lm, run, docs)
+                weights.append(run.weight)
+                log.debug("%s %s: %s=%.4f on %d docs in %.1fs", split, run.name, run.metric, details[run.name],
+                          len(docs), time.perf_counter() - started)
+                if trial is not None:
+                    running = weighted_mean(list(details.values()), weights)
+                    trial.report(running, step=step)
+                    if trial.should_prune():
+                        import optuna
+
+                        raise optuna.TrialPruned(f"pruned after {run.name} (step {step}): running score {running:.4f}")
+        return Score(value=weighted_mean(list(details.values()), weights), details=details)
+
+    def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
+        """Search score: weighted mean of each task's primary metric on its search documents.
+
+        With ``trial``, the running weighted mean is reported after each task (step = task index) and
+        optuna.TrialPruned is raised when the study's pruner says so."""
+        result = self._score(model, tokenizer, "search", trial)
+        assert result is not None  # every task has at least one search document
+        return result
+
+    def holdout(self, model: Any, tokenizer: Any) -> Score | None:
+        """Held-out score on documents [limit, limit + holdout) of each task; None without holdout documents.
+        Tasks whose holdout came out empty (too few documents) are left out of the mean."""
+        return self._score(model, tokenizer, "holdout", None)
+
+    def describe(self) -> str:
+        parts = []
+        for r in self.runs:
+            where = f"{r.lm_name}" if r.lm_name == r.name else f"{r.name} -> {r.lm_name}"
+            hold = f", holdout {len(r.holdout_docs)}" if r.holdout_docs else ""
+            parts.append(f"{where} ({r.metric}, {len(r.search_docs)} docs{hold}, {r.num_fewshot}-shot, "
+                         f"w={r.weight:.3g})")
+        extra = f"; data {self.settings.data_dir}" if self.settings.data_dir else ""
+        return f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}{extra}"
