@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import UsageError
+from .errors import SearchAborted, UsageError
 
 DEFAULT_JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,marc_ja-1.1-0.2,jnli-1.3-0.2,jsquad-1.1-0.2"
 
@@ -80,6 +80,8 @@ SEARCH_FLAGS = [
          ".log). Default: sqlite in the run directory."),
     Flag("--study_name", "Study name; default is derived from the inputs, so rerunning the same command resumes."),
     Flag("--run_dir", "Directory for the study database, logs and per-trial records (default: runs/<study_name>)."),
+    Flag("--holdout_top_k", "How many of the best trials are scored on the held-out items at the end (besides w=0 "
+         "and w=1), when the evaluator has a holdout.", 1, type=int),
     Flag("--no_baseline_trials", "Do not enqueue the two baseline trials (all weights 1.0, then all 0.0).",
          action="store_true", default=False),
 ]
@@ -147,6 +149,9 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except SearchAborted as exc:  # completed trials are kept in the storage; rerunning resumes
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         logging.getLogger(__name__).warning("interrupted; completed trials are kept in the study storage")
         sys.exit(130)

@@ -57,6 +57,7 @@ class RunConfig:
     study_name: str
     run_dir: Path
     baseline_trials: bool
+    holdout_top_k: int
     output_dir: Path
     overwrite_output_dir: bool
     log_level: str
@@ -170,6 +171,8 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         raise UsageError("--optuna_sampler", f"unknown sampler {args.optuna_sampler!r}; choose TPE or CMA-ES")
     if args.n_trials < 1:
         raise UsageError("--n_trials", f"must be at least 1 (got {args.n_trials})")
+    if args.holdout_top_k < 1:
+        raise UsageError("--holdout_top_k", f"must be at least 1 (got {args.holdout_top_k})")
     if args.weight_min >= args.weight_max:
         raise UsageError("--weight_min", f"({args.weight_min}) must be lower than --weight_max ({args.weight_max})")
     for source in [*targets, ModelSource("--base_model", args.base_model), ModelSource("--tuned_model",
@@ -204,6 +207,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         study_name="",
         run_dir=Path(),
         baseline_trials=not args.no_baseline_trials,
+        holdout_top_k=args.holdout_top_k,
         output_dir=Path(args.output_dir).expanduser(),
         overwrite_output_dir=args.overwrite_output_dir,
         log_level=args.log_level,

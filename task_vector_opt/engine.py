@@ -107,19 +107,38 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory) -> RunResult:
     best = study.best_trial
     result = RunResult(config.study_name, best.value, best.number, dict(best.params),
                        search_baselines=baseline_values(study))
-    result.holdout = score_holdout(merger, evaluator, model, tokenizer, group_order, result.best_weights)
+    candidates = holdout_candidates(study, group_order, config.holdout_top_k)
+    result.holdout = score_holdout(merger, evaluator, model, tokenizer, candidates)
+    if result.holdout:
+        result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
     merger.apply(result.best_weights)
     result.output_dir = save_model(model, tokenizer, config.output_dir, config.overwrite_output_dir,
                                    {"merge_recipe.json": recipe(config, result, len(vector))})
     return result
 
 
-def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer, group_order: list[str],
-                  best_weights: dict[str, float]) -> dict[str, float | None]:
-    """Held-out scores of the target (w=0), plain addition (w=1) and the best weights."""
-    candidates = {"w=0": dict.fromkeys(group_order, 0.0), "w=1": dict.fromkeys(group_order, 1.0),
-                  "best": best_weights}
-    scores: dict[str, float | None] = {}
+def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int) -> dict[str, dict[str, float]]:
+    """The target (w=0), plain addition (w=1) and the top-k trials by search score, best first.
+
+    A trial whose weights equal an earlier candidate's is scored once, under the earlier label.
+    """
+    candidates = {"w=0": dict.fromkeys(group_order, 0.0), "w=1": dict.fromkeys(group_order, 1.0)}
+    ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: t.value, reverse=True)
+    for trial in ranked[:top_k]:
+        if dict(trial.params) not in candidates.values():
+            candidates[f"trial {trial.number}"] = dict(trial.params)
+    return candidates
+
+
+def label_of(candidates: dict[str, dict[str, float]], weights: dict[str, float]) -> str:
+    return next(label for label, candidate in candidates.items() if candidate == weights)
+
+
+def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer,
+                  candidates: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Held-out scores of each candidate: items never used by the search, so overfitting shows."""
+    scores: dict[str, float] = {}
     for label, weights in candidates.items():
         merger.apply(weights)
         outcome = evaluator.holdout(model, tokenizer)

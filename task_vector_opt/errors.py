@@ -17,3 +17,11 @@ class TaskVectorMismatch(UsageError):
 
     def __init__(self, message: str):
         super().__init__(None, message)
+
+
+class SearchAborted(RuntimeError):
+    """The search cannot go on (trials keep failing); completed trials stay in the storage."""
+
+
+class StudyStopped(SearchAborted):
+    """A trial failed in a way the user asked to stop on; completed trials stay in the storage."""

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .errors import UsageError
+from .errors import SearchAborted, StudyStopped, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,38 @@ def enqueue_baselines(study: optuna.Study, group_names: list[str]) -> None:
         study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label})
 
 
+class _FailureWatch:
+    """Optuna callback: stop the study on a stop request or after too many failures in a row."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+        self.last_failure: optuna.trial.FrozenTrial | None = None
+        self.stop_requested = False
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.streak = 0
+            return
+        self.streak += 1
+        self.last_failure = trial
+        self.stop_requested = bool(trial.user_attrs.get("stopped_study"))
+        if self.stop_requested or self.streak >= MAX_CONSECUTIVE_FAILURES:
+            study.stop()
+
+
 def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.Trial], float]) -> None:
     """Run trials until ``n_trials`` have finished; failed trials are recorded and retried, not counted."""
-    consecutive_failures = 0
+    watch = _FailureWatch()
     while (missing := n_trials - finished_trials(study)) > 0:
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
         with logging_redirect_tqdm():  # log lines print above the progress bar instead of breaking it
             study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
-        failures = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
-        consecutive_failures = consecutive_failures + failures if failures else 0
-        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            last = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-1]
-            raise RuntimeError(f"{consecutive_failures} trials failed in a row; last reason: "
-                               f"{last.user_attrs.get('fail_reason', 'see the log')}")
+                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), watch])
+        reason = watch.last_failure.user_attrs.get("fail_reason", "see the log") if watch.last_failure else ""
+        if watch.stop_requested:
+            raise StudyStopped(f"the study was stopped by trial {watch.last_failure.number}: {reason}; "
+                               "rerun the same command to resume")
+        if watch.streak >= MAX_CONSECUTIVE_FAILURES:
+            raise SearchAborted(f"{watch.streak} trials failed in a row; last reason: {reason}")
 
 
 def make_objective(group_names: list[str], weight_min: float, weight_max: float,
@@ -124,6 +142,9 @@ def make_objective(group_names: list[str], weight_min: float, weight_max: float,
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            if getattr(exc, "stops_study", False):  # e.g. the judge is down and the user chose to stop
+                trial.set_user_attr("stopped_study", True)
+                trial.study.stop()
             raise
         elapsed = time.perf_counter() - started
         for key, metric in details.items():

@@ -48,7 +48,7 @@ def load_study(tmp_path):
 
 
 def test_run_enqueues_baselines_saves_the_scored_model_exactly_and_writes_the_recipe(trio, tmp_path):
-    done = run(command(trio, tmp_path, 4, "--optimize_mode", "parameter"))
+    done = run(command(trio, tmp_path, 4, "--optimize_mode", "parameter", "--holdout_top_k", "2"))
     assert done.returncode == 0, done.stderr[-3000:]
     study = load_study(tmp_path)
     trials = study.get_trials(states=FINISHED)
@@ -60,7 +60,7 @@ def test_run_enqueues_baselines_saves_the_scored_model_exactly_and_writes_the_re
     recipe = json.loads((out / "merge_recipe.json").read_text())
     assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}
     assert recipe["weights"] == study.best_params
-    assert set(recipe["holdout_score"]) == {"w=0", "w=1", "best"}
+    assert {"w=0", "w=1", "best"} <= set(recipe["holdout_score"]) and len(recipe["holdout_score"]) <= 5
     assert {"tokenizer.json", "config.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
     assert "best search score" in done.stdout and str(out) in done.stdout
 
