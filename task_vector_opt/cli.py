@@ -108,6 +108,17 @@ JGLUE_FLAGS = [
 ]
 
 
+MT_BENCH_FLAGS = [
+    Flag("--chunk_size", "Questions answered and judged per chunk; the running mean is reported to Optuna after each "
+         "chunk (for --prune).", 4, type=int),
+    Flag("--prune", "Let Optuna's median pruner stop a trial whose running mean is hopeless.", action="store_true",
+         default=False),
+    Flag("--on_judge_failure", "When too few judgments succeed: fail the trial and go on ('fail_trial') or stop the "
+         "study ('stop'); completed trials are kept either way.", "fail_trial", choices=("fail_trial", "stop")),
+    Flag("--min_judged_fraction", "Share of a trial's judgments that must succeed; below it the trial fails (it is "
+         "never scored 0).", 0.5, type=float),
+]
+
 @dataclass
 class Pipeline:
     """What one entry script needs from the CLI."""
@@ -115,13 +126,14 @@ class Pipeline:
     prog: str
     description: str
     target_flags: list[Flag]
-    evaluator_flags: list[Flag]
+    evaluator_flags: list[Flag] | Callable[[], list[Flag]]  # a callable defers importing optional flag tables
     extra_groups: dict[str, list[Flag]] = field(default_factory=dict)
 
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=self.prog, description=self.description)
         groups = {"models": self.target_flags + MODEL_FLAGS, "search": SEARCH_FLAGS, "output": OUTPUT_FLAGS,
-                  "evaluation": self.evaluator_flags, **self.extra_groups}
+                  "evaluation": self.evaluator_flags() if callable(self.evaluator_flags) else self.evaluator_flags,
+                  **self.extra_groups}
         for title, flags in groups.items():
             group = parser.add_argument_group(title)
             for flag in flags:
@@ -155,3 +167,29 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     except KeyboardInterrupt:
         logging.getLogger(__name__).warning("interrupted; completed trials are kept in the study storage")
         sys.exit(130)
+
+
+# MT-Bench judge (task_vector_opt.judges). "Cohere" is the original scripts' judge name: it
+# runs CohereForAI/c4ai-command-r-plus-4bit in-process (hf backend; needs bitsandbytes + CUDA).
+JUDGE_FLAGS = [
+    Flag("--judge_model_name", "Judge model: gpt-*/o1/o3/o4 (OpenAI), claude-* (Anthropic), azure:<deployment>, "
+         "hf:<hub id or dir> or a local dir (in-process transformers), Cohere (the original's Command R+ 4-bit), "
+         "or any name served at --judge_base_url.", "gpt-4",
+         aliases=("--judge_model",), dest="judge_model_name"),
+    Flag("--judge_backend", "Judge backend; 'auto' infers it from --judge_model_name and --judge_base_url / "
+         "OPENAI_BASE_URL.", "auto", choices=("auto", "openai", "azure", "openai-compatible", "anthropic", "hf")),
+    Flag("--judge_base_url", "URL of an OpenAI-compatible server (e.g. http://localhost:8000/v1; OPENAI_BASE_URL "
+         "is read too), or of an Anthropic / Azure endpoint."),
+    Flag("--parallel", "Judge requests in flight at once.", 2, type=int),
+    Flag("--judge_rating_mode", "'text': the [[rating]] the judge writes; 'logprob': the expected rating under "
+         "the judge's probabilities of the tokens 1..10 (OpenAI-style APIs and hf).", "text",
+         choices=("text", "logprob")),
+    Flag("--judge_timeout", "Seconds before one judge request times out (the SDK then retries it).", 120.0,
+         type=float),
+    Flag("--judge_max_retries", "Retries of one judge request on 429 / 5xx / timeouts (the SDK's own backoff).",
+         5, type=int),
+    Flag("--judge_cache", "SQLite file of past judgments, shared across runs and processes; 'none' disables it.",
+         "runs/judge_cache.sqlite"),
+    Flag("--judge_load_in_4bit", "Load an hf judge in 4 bits (needs bitsandbytes and a CUDA GPU).",
+         action="store_true", default=False),
+]

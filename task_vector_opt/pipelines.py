@@ -1,36 +1,108 @@
-"""The entry scripts' pipelines: which flags each takes and which evaluator scores it."""
+"""The entry scripts' pipelines: which flags each takes and which evaluator scores it.
+
+Every script runs the same path (``main``): parse and validate all flags, then either print the
+plan (--dry_run) or run the shared engine with the pipeline's evaluator.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from . import engine
-from .cli import JGLUE_FLAGS, Flag, Pipeline, parse_namespace, run_cli
+from .cli import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
 from .config import ModelSource, build_config
+from .evaluators import Evaluator
 
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
 
-JGLUE = Pipeline(
-    prog="merge_task_vector_jglue.py",
-    description="Find the weights w of target + w*(tuned - base) that maximize lm-eval task scores "
-                "(JGLUE by default), with Optuna.",
-    target_flags=[TARGET_FLAG],
-    evaluator_flags=JGLUE_FLAGS,
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str  # goes into the default study name
+    cli: Pipeline
+    settings_from_args: Callable[[argparse.Namespace], Any]  # validates the evaluator flags
+    make_evaluator: Callable[[Any, Path], Evaluator]  # (settings, run_dir) -> evaluator, built once per run
+    describe: Callable[[Any], str]  # one line for --dry_run
+
+
+def _jglue_settings(args):
+    from .evaluators.jglue import jglue_settings_from_args
+
+    return jglue_settings_from_args(args)
+
+
+def _jglue_evaluator(settings, run_dir: Path):
+    from .evaluators.jglue import JGLUEEvaluator
+
+    return JGLUEEvaluator(settings, run_dir / "lm_eval_tasks")
+
+
+def _mt_bench_settings(args):
+    from .evaluators.mt_bench import mt_bench_settings_from_args
+
+    return mt_bench_settings_from_args(args)
+
+
+def _mt_bench_evaluator(settings, run_dir: Path):
+    from .evaluators.mt_bench import MTBenchEvaluator
+
+    return MTBenchEvaluator(settings, run_dir)
+
+
+def _mt_bench_flags() -> list[Flag]:
+    from .cli import BENCH_FLAGS, JUDGE_FLAGS
+
+    return BENCH_FLAGS + JUDGE_FLAGS + MT_BENCH_FLAGS
+
+
+JGLUE = PipelineSpec(
+    name="jglue",
+    cli=Pipeline(prog="merge_task_vector_jglue.py",
+                 description="Find the weights w of target + w*(tuned - base) that maximize lm-eval task scores "
+                             "(JGLUE by default), with Optuna.",
+                 target_flags=[TARGET_FLAG], evaluator_flags=JGLUE_FLAGS),
+    settings_from_args=_jglue_settings,
+    make_evaluator=_jglue_evaluator,
+    describe=lambda s: f"lm-eval tasks {', '.join(s.tasks)}",
+)
+
+MT_BENCH = PipelineSpec(
+    name="mt_bench",
+    cli=Pipeline(prog="merge_task_vector_mt_bench.py",
+                 description="Find the weights w of target + w*(tuned - base) that maximize an MT-Bench-style bench "
+                             "graded by an LLM judge, with Optuna.",
+                 target_flags=[TARGET_FLAG], evaluator_flags=_mt_bench_flags),
+    settings_from_args=_mt_bench_settings,
+    make_evaluator=_mt_bench_evaluator,
+    describe=lambda s: f"MT-Bench '{s.bench.bench_name}' judged by {s.judge.backend}:{s.judge.model}",
 )
 
 
-def jglue_main(argv: Sequence[str] | None = None) -> None:
-    from .evaluators.jglue import JGLUEEvaluator, jglue_settings_from_args
-
-    args = parse_namespace(JGLUE, argv)
+def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
+    args = parse_namespace(spec.cli, argv)
     engine.setup_logging(args.log_level)
-    settings = jglue_settings_from_args(args)
-    config = build_config("jglue", args, [ModelSource("--target_model", args.target_model)], settings)
+    settings = spec.settings_from_args(args)
+    config = build_config(spec.name, args, [ModelSource("--target_model", args.target_model)], settings)
     if config.dry_run:
-        print(engine.dry_run_plan(config, f"lm-eval tasks {', '.join(settings.tasks)}"))
+        print(engine.dry_run_plan(config, spec.describe(settings)))
         return
-    result = engine.run(config, lambda c: JGLUEEvaluator(c.evaluator, c.run_dir / "lm_eval_tasks"))
+    result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir))
     engine.print_summary(result)
+
+
+def jglue_main(argv: Sequence[str] | None = None) -> None:
+    main(JGLUE, argv)
+
+
+def mt_bench_main(argv: Sequence[str] | None = None) -> None:
+    main(MT_BENCH, argv)
 
 
 def main_jglue() -> None:
     run_cli(jglue_main)
+
+
+def main_mt_bench() -> None:
+    run_cli(mt_bench_main)
