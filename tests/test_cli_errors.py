@@ -141,3 +141,53 @@ def test_the_launcher_reports_bad_input_quickly_with_exit_code_2(trio, tmp_path)
     assert done.stderr.strip().splitlines() == [
         "error: --weight_min: (3.0) must be lower than --weight_max (2.0)"]
     assert time.perf_counter() - started < 60
+
+
+def mt_fails_with(argv, capsys, flag, *fragments):
+    from task_vector_opt.pipelines import mt_bench_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(mt_bench_main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.fixture
+def mini_bench_args(tmp_path):
+    from mini_bench import write_mini_bench
+
+    judge_file = write_mini_bench(tmp_path / "data")
+    return ["--bench_dir", str(tmp_path / "data"), "--bench_name", "mini", "--judge_file", str(judge_file),
+            "--judge_cache", "none"]
+
+
+def test_mt_bench_parallel_below_one(trio, tmp_path, capsys, mini_bench_args, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    mt_fails_with(base_args(trio, tmp_path) + mini_bench_args + ["--parallel", "0"], capsys, "--parallel")
+
+
+def test_mt_bench_api_judge_without_its_key(trio, tmp_path, capsys, mini_bench_args, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    mt_fails_with(base_args(trio, tmp_path) + mini_bench_args + ["--judge_model_name", "gpt-4o"], capsys,
+                  "--judge_model_name", "OPENAI_API_KEY")
+
+
+def test_mt_bench_unknown_judge(trio, tmp_path, capsys, mini_bench_args):
+    mt_fails_with(base_args(trio, tmp_path) + mini_bench_args + ["--judge_model_name", "my-judge"], capsys,
+                  "--judge_model_name", "my-judge")
+
+
+def test_mt_bench_missing_bench(trio, tmp_path, capsys, mini_bench_args, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    mt_fails_with(base_args(trio, tmp_path) + mini_bench_args + ["--bench_name", "nosuchbench"], capsys,
+                  "--bench_name", "nosuchbench")
+
+
+def test_mt_bench_malformed_question_line_names_file_and_line(trio, tmp_path, capsys, mini_bench_args, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    questions = tmp_path / "data" / "mini" / "question.jsonl"
+    questions.write_text(questions.read_text() + "{not json\n", encoding="utf-8")
+    mt_fails_with(base_args(trio, tmp_path) + mini_bench_args, capsys, "question.jsonl", ":5")
