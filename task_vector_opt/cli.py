@@ -193,3 +193,26 @@ JUDGE_FLAGS = [
     Flag("--judge_load_in_4bit", "Load an hf judge in 4 bits (needs bitsandbytes and a CUDA GPU).",
          action="store_true", default=False),
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MT-Bench questions and answer generation (task_vector_opt.bench, task_vector_opt.generation); checked by
+# bench.bench_settings_from_args. Paths default to the original FastChat llm_judge layout.
+BENCH_FLAGS = [
+    Flag("--bench_name", "Bench to answer: the folder <bench_dir>/<bench_name>/ holding question.jsonl (and "
+         "reference_answer/<model>.jsonl), as in FastChat's llm_judge.", "example"),
+    Flag("--bench_dir", "FastChat's llm_judge data directory holding the benches.",
+         "FastChat/fastchat/llm_judge/data"),
+    Flag("--judge_file", "Judge prompts in FastChat's judge_prompts.jsonl format (single-v1, single-math-v1 and "
+         "their -multi-turn versions are used).", "FastChat/fastchat/llm_judge/data/judge_prompts.jsonl"),
+    Flag("--max_new_tokens", "Most tokens generated per answer turn (as FastChat's gen_model_answer).", 512,
+         type=int),
+    Flag("--gen_batch_size", "Questions answered at once by the live model (left-padded batches).", 8, type=int),
+    Flag("--conv_template", "FastChat conversation template name (e.g. vicuna_v1.1) used to build the prompts "
+         "instead of the tokenizer's chat template (default: the tokenizer's chat template; FastChat's template "
+         "for the model when the tokenizer has none)."),
+    Flag("--holdout_fraction", "Share of the questions kept out of the search (stratified by category) and "
+         "scored at the end as the holdout.", 0.0, type=float),
+    Flag("--holdout_question_file", "A second FastChat question.jsonl used as the holdout instead of "
+         "--holdout_fraction (its reference answers: reference_answer/ next to it, or inline)."),
+]
