@@ -85,9 +85,10 @@ def test_rerunning_a_finished_study_runs_no_new_trial_and_saves_again(trio, tmp_
 def test_interrupted_run_resumes_to_n_trials_without_repeating_a_trial(trio, tmp_path):
     cmd = command(trio, tmp_path, 8, "--optimize_mode", "all")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = (tmp_path / "first_run.log").open("w")
+    process = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     db = tmp_path / "run" / "study.db"
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     completed_before_kill = []
     while time.time() < deadline and process.poll() is None:
         if db.exists():
@@ -98,8 +99,11 @@ def test_interrupted_run_resumes_to_n_trials_without_repeating_a_trial(trio, tmp
             if len(completed_before_kill) >= 3:
                 break
         time.sleep(0.2)
+    exited_by_itself = process.poll() is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
+    log.close()
+    assert not exited_by_itself, (tmp_path / "first_run.log").read_text()[-3000:]
     completed_before_kill = load_study(tmp_path).get_trials(states=FINISHED)
     assert 3 <= len(completed_before_kill) < 8
 
