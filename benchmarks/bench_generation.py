@@ -5,7 +5,8 @@
 Answers every turn of the example bench (FastChat/fastchat/llm_judge/data/example: 10 Japanese
 two-turn questions) plus 6 fixed extra questions below (16 questions, 32 answer turns) twice with
 task_vector_opt.generation.AnswerGenerator: ``generate`` (left-padded batches, longest prompt first)
-and ``generate_sequential`` (one question at a time, no padding, as FastChat's gen_model_answer).
+and ``generate_sequential`` (one question at a time, no padding, as FastChat's gen_model_answer),
+interleaved chunk by chunk (batch_size questions each) so other load on the machine hits both alike.
 Prints the settings, both times, the speed-up and whether every answer is identical.
 The model dir comes from task_vector_opt.demo.smollm2.prepare_smollm2(.cache/demo) (built once).
 """
@@ -74,13 +75,21 @@ def main() -> None:
     print(f"settings    : greedy, max_new_tokens {args.max_new_tokens}, batch_size {args.batch_size}")
 
     generator.generate(model, questions[:1])  # warm-up (allocator, kernels)
+    # Interleaved: each chunk of batch_size questions is answered both ways, alternating which goes first,
+    # so load from other processes on a shared machine hits both paths alike.
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    batched = generator.generate(model, questions)
-    batched_s = time.perf_counter() - start
-    start = time.perf_counter()
-    sequential = generator.generate_sequential(model, questions)
-    sequential_s = time.perf_counter() - start
+    batched, sequential = [], []
+    batched_s = sequential_s = 0.0
+    for n, first in enumerate(range(0, len(questions), args.batch_size)):
+        chunk = questions[first:first + args.batch_size]
+        for path in (("batched", "sequential") if n % 2 == 0 else ("sequential", "batched")):
+            start = time.perf_counter()
+            if path == "batched":
+                batched += generator.generate(model, chunk)
+                batched_s += time.perf_counter() - start
+            else:
+                sequential += generator.generate_sequential(model, chunk)
+                sequential_s += time.perf_counter() - start
     load_after = os.getloadavg()[0]
 
     tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for turns in sequential for a in turns)
