@@ -65,14 +65,20 @@ def baseline_values(study: optuna.Study) -> dict[str, float]:
             if "baseline" in t.user_attrs and t.value is not None}
 
 
-def run(config: RunConfig, make_evaluator: EvaluatorFactory) -> RunResult:
-    """Run (or resume) one optimization end to end and save the best model."""
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(config.storage)
-    log.info("study %s in %s", config.study_name, redact(config.storage))
+@dataclass
+class Workspace:
+    """Everything a trial needs, loaded once per process: the live model and the merger that rewrites it."""
 
+    model: Any
+    tokenizer: Any
+    merger: Merger
+    group_order: list[str]  # the weights the sampler proposes, in a stable order
+    n_tensors: int
+
+
+def prepare(config: RunConfig) -> Workspace:
+    """Load the target, build the task vector tuned - base and the merger (one model, one vector)."""
     started = time.perf_counter()
-    evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     target_dir = resolve(config.targets[0], config.cache_dir, config.allow_pickle)
     base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
     tuned_dir = resolve(config.tuned, config.cache_dir, config.allow_pickle)
@@ -82,38 +88,52 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory) -> RunResult:
     store_device = choose_store_device(config, model_bytes)
     vector = build_task_vector(model, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=store_device,
                                skip_embed=config.skip_embed)
-    groups = {name: group for name, group in group_names(list(vector), config.optimize_mode).items()}
+    groups = group_names(list(vector), config.optimize_mode)
     group_order = ordered_groups(groups)
     merger = Merger(model, vector, groups, store_device)
     log.info("loaded in %.1fs: %d tensors, %d weights (%s mode), copies on %s (%.2f GiB)",
              time.perf_counter() - started, len(vector), len(group_order), config.optimize_mode, store_device,
              merger.stored_bytes() / 2**30)
+    return Workspace(model, tokenizer, merger, group_order, len(vector))
+
+
+Preparer = Callable[[RunConfig], Workspace]
+
+
+def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: Preparer = prepare) -> RunResult:
+    """Run (or resume) one optimization end to end and save the best model."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(config.storage)
+    log.info("study %s in %s", config.study_name, redact(config.storage))
+
+    evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
+    ws = prepare_workspace(config)
 
     study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None))
     study.set_user_attr("inputs", config.recipe_inputs())
     if config.baseline_trials:
-        enqueue_baselines(study, group_order)
+        enqueue_baselines(study, ws.group_order)
     already = finished_trials(study)
     if already:
         log.info("resuming: %d of %d trials already finished", already, config.n_trials)
 
     def score(weights: dict[str, float], trial: optuna.Trial) -> tuple[float, dict]:
-        merger.apply(weights)
-        result = evaluator.score(model, tokenizer, trial)
+        ws.merger.apply(weights)
+        result = evaluator.score(ws.model, ws.tokenizer, trial)
         return result.value, result.details
 
-    run_search(study, config.n_trials, make_objective(group_order, config.weight_min, config.weight_max, score))
+    run_search(study, config.n_trials, make_objective(ws.group_order, config.weight_min, config.weight_max, score))
 
     best = study.best_trial
     result = RunResult(config.study_name, best.value, best.number, dict(best.params),
                        search_baselines=baseline_values(study))
-    candidates = holdout_candidates(study, group_order, config.holdout_top_k)
-    result.holdout = score_holdout(merger, evaluator, model, tokenizer, candidates)
+    candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k)
+    result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
     if result.holdout:
         result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
-    merger.apply(result.best_weights)
-    result.output_dir = save_model(model, tokenizer, config.output_dir, config.overwrite_output_dir,
-                                   {"merge_recipe.json": recipe(config, result, len(vector))})
+    ws.merger.apply(result.best_weights)
+    result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
+                                   {"merge_recipe.json": recipe(config, result, ws.n_tensors)})
     return result
 
 
