@@ -84,11 +84,19 @@ SEARCH_FLAGS = [
          "and w=1), when the evaluator has a holdout.", 1, type=int),
     Flag("--no_baseline_trials", "Do not enqueue the two baseline trials (all weights 1.0, then all 0.0).",
          action="store_true", default=False),
+    Flag("--heartbeat_interval", "Seconds between a worker's heartbeats in an RDB storage; a trial whose worker "
+         "is silent for 3x this long is marked failed and retried.", 60, type=int),
+    Flag("--search_only", "Run trials only, and save nothing: for the extra workers of a study shared through "
+         "--storage. Save afterwards with the same command and --finalize.", action="store_true", default=False),
+    Flag("--finalize", "Do not search: save the best model of the study (after its holdout), e.g. once "
+         "--search_only workers are done.", action="store_true", default=False),
 ]
 
 OUTPUT_FLAGS = [
     Flag("--output_dir", "Where the best model is saved.", "./model-chatvector"),
     Flag("--overwrite_output_dir", "Replace an existing non-empty --output_dir.", action="store_true", default=False),
+    Flag("--save_on_interrupt", "On Ctrl-C, save the best model found so far before exiting (default: exit "
+         "at once; completed trials are kept in the storage either way).", action="store_true", default=False),
     Flag("--log_level", "Logging level.", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 ]
 

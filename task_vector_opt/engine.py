@@ -20,8 +20,9 @@ from .evaluators import Evaluator
 from .grouping import group_names, ordered_groups
 from .merger import Merger
 from .models import DTYPES, load_model, resolve, save_model
-from .search import (FINISHED, enqueue_baselines, finished_trials, make_objective, open_storage, open_study, redact,
-                     run_search)
+from .errors import UsageError
+from .search import (FINISHED, enqueue_baselines, finished_trials, make_objective, open_storage, open_study,
+                     recover_dead_workers, redact, run_search)
 from .task_vector import build_task_vector
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,39 @@ Preparer = Callable[[RunConfig], Workspace]
 
 
 def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: Preparer = prepare) -> RunResult:
-    """Run (or resume) one optimization end to end and save the best model."""
+    """Run (or resume) one optimization end to end and save the best model.
+
+    ``--search_only`` workers stop after the search (several may share one study); ``--finalize``
+    skips the search and saves the best trial of the study as it is.
+    """
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(config.storage)
+    storage = open_storage(config.storage, config.heartbeat_interval)
     log.info("study %s in %s", config.study_name, redact(config.storage))
+    if config.finalize:
+        check_finalizable(storage, config.study_name)
 
     evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     ws = prepare_workspace(config)
 
     study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None))
+    if not config.finalize:
+        search(config, study, ws, evaluator)
+    if config.search_only:
+        log.info("--search_only: this worker is done; save the model with the same command and --finalize")
+        return result_of(config, study)
+    result = result_of(config, study)
+    candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k)
+    result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
+    if result.holdout:
+        result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
+    save_best(config, ws, result)
+    return result
+
+
+def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator) -> None:
+    """Trials until the study has ``n_trials`` finished ones; Ctrl-C optionally saves the best so far."""
     study.set_user_attr("inputs", config.recipe_inputs())
+    recover_dead_workers(study)
     if config.baseline_trials:
         enqueue_baselines(study, ws.group_order)
     already = finished_trials(study)
@@ -122,19 +146,41 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
         result = evaluator.score(ws.model, ws.tokenizer, trial)
         return result.value, result.details
 
-    run_search(study, config.n_trials, make_objective(ws.group_order, config.weight_min, config.weight_max, score))
+    try:
+        run_search(study, config.n_trials,
+                   make_objective(ws.group_order, config.weight_min, config.weight_max, score))
+    except KeyboardInterrupt:
+        if config.save_on_interrupt and completed(study):
+            log.warning("interrupted: saving the best trial so far (--save_on_interrupt); Ctrl-C again to abandon")
+            save_best(config, ws, result_of(config, study))
+        raise
 
+
+def completed(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def check_finalizable(storage: optuna.storages.BaseStorage, study_name: str) -> None:
+    """--finalize needs a study with a completed trial; say so before any model loads."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UsageError("--finalize", f"there is no study {study_name!r} in this storage; run the search first "
+                                       "(the same command without --finalize), or pass its --study_name") from None
+    if not completed(study):
+        raise UsageError("--finalize", f"study {study_name!r} has no completed trial yet; let the search run first")
+
+
+def result_of(config: RunConfig, study: optuna.Study) -> RunResult:
     best = study.best_trial
-    result = RunResult(config.study_name, best.value, best.number, dict(best.params),
-                       search_baselines=baseline_values(study))
-    candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k)
-    result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
-    if result.holdout:
-        result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
+    return RunResult(config.study_name, best.value, best.number, dict(best.params),
+                     search_baselines=baseline_values(study))
+
+
+def save_best(config: RunConfig, ws: Workspace, result: RunResult) -> None:
     ws.merger.apply(result.best_weights)
     result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
                                    {"merge_recipe.json": recipe(config, result, ws.n_tensors)})
-    return result
 
 
 def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int) -> dict[str, dict[str, float]]:
@@ -194,7 +240,10 @@ def print_summary(result: RunResult) -> None:
         lines.append("held-out scores  : " + ", ".join(f"{k} {v:.4f}" for k, v in result.holdout.items()))
     weights = ", ".join(f"{k}={v:.3f}" for k, v in result.best_weights.items())
     lines.append(f"best weights     : {weights if len(weights) < 600 else weights[:600] + ' ...'}")
-    lines.append(f"saved to         : {result.output_dir} (weights in merge_recipe.json)")
+    if result.output_dir is None:
+        lines.append("saved to         : nothing yet (--search_only); add --finalize to save the best model")
+    else:
+        lines.append(f"saved to         : {result.output_dir} (weights in merge_recipe.json)")
     print("\n".join(lines))
 
 

@@ -95,12 +95,28 @@ def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool
     return model, tokenizer
 
 
+def remove_dead_partials(final: Path) -> None:
+    """Delete staging dirs left beside ``final`` by a process that was killed mid-save (its pid is gone)."""
+    for leftover in final.parent.glob(f".{final.name}.partial-*"):
+        pid = leftover.name.removeprefix(f".{final.name}.partial-").split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by a save that was interrupted", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 @contextmanager
 def atomic_directory(final: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename."""
     final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    remove_dead_partials(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
         yield staging
         if final.exists():

@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 
 from . import engine
 from .cli import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
-from .config import ModelSource, build_config
+from .config import ModelSource
+from .validation import validate
 from .evaluators import Evaluator
 
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
@@ -83,10 +84,9 @@ MT_BENCH = PipelineSpec(
 def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     args = parse_namespace(spec.cli, argv)
     engine.setup_logging(args.log_level)
-    settings = spec.settings_from_args(args)
-    config = build_config(spec.name, args, [ModelSource("--target_model", args.target_model)], settings)
+    config = validate(spec.name, args, [ModelSource("--target_model", args.target_model)], spec.settings_from_args)
     if config.dry_run:
-        print(engine.dry_run_plan(config, spec.describe(settings)))
+        print(engine.dry_run_plan(config, spec.describe(config.evaluator)))
         return
     result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir))
     engine.print_summary(result)

@@ -5,15 +5,19 @@ which study to open and how many trials are still missing.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
 import re
+import socket
 import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -25,6 +29,69 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BASELINES = (("w=1 (plain task vector)", 1.0), ("w=0 (target unchanged)", 0.0))
 MAX_CONSECUTIVE_FAILURES = 5
 HEARTBEAT_SECONDS = 60
+MAX_RETRY = 2  # times a trial whose worker died is enqueued again
+
+
+def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Optuna's callback that enqueues a copy of a trial whose worker died (up to MAX_RETRY times)."""
+    with warnings.catch_warnings():  # marked experimental; it is what resume relies on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def worker_id() -> str:
+    """host:pid:start-time of this process; the start time tells a reused pid from the original."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    try:  # field 22 of /proc/<pid>/stat: start time in clock ticks since boot (Linux)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _is_dead_here(worker: str) -> bool:
+    """True only when ``worker`` ran on this host and that process is gone."""
+    host, _, rest = worker.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return started not in ("?", "") and _start_time(pid) not in ("?", started)
+
+
+def recover_dead_workers(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose worker process on this host is dead, and enqueue each again.
+
+    Optuna's heartbeat does this for RDB storages after its grace period; doing it at start-up means a
+    rerun after kill -9 retries the interrupted trial at once, and it covers the journal storage, which
+    has no heartbeat. Trials of workers on other hosts are left to the heartbeat.
+    """
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        if not _is_dead_here(worker):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died mid-trial")
+        retry_callback()(study, study._storage.get_trial(trial._trial_id))
+        log.warning("trial %d was running in a process that died (%s); marked failed and enqueued again",
+                    trial.number, worker)
+        recovered += 1
+    return recovered
 
 
 def redact(url: str) -> str:
@@ -32,8 +99,14 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open (and create if needed) the study storage; fail with one line if Optuna cannot."""
+def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
+    """Open (and create if needed) the study storage; fail with one line if Optuna cannot.
+
+    RDB storages (SQLite, PostgreSQL, MySQL) get Optuna's heartbeat: a trial whose worker stopped
+    beating for ``3 * heartbeat_interval`` seconds is marked failed and enqueued again by
+    RetryHeartbeatStaleTrialCallback. The journal storage has no heartbeat; for it (and at once,
+    for any storage) ``recover_dead_workers`` does the same for workers on this host.
+    """
     try:
         if url.endswith((".log", ".journal")) or url.startswith("journal:"):
             path = Path(url.removeprefix("journal:")).expanduser()
@@ -46,8 +119,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
+                heartbeat_stale_trial_callback=retry_callback(),
             )
     except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs the URL and the reason
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -89,7 +162,9 @@ def enqueue_baselines(study: optuna.Study, group_names: list[str]) -> None:
     if study.get_trials(deepcopy=False):
         return
     for label, value in BASELINES:
-        study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label})
+        # skip_if_exists: two workers starting together on a new study enqueue each baseline once
+        study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label},
+                            skip_if_exists=True)
 
 
 class _FailureWatch:
@@ -126,19 +201,40 @@ def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.T
             raise SearchAborted(f"{watch.streak} trials failed in a row; last reason: {reason}")
 
 
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of (GPU) memory; its memory was freed and the trial failed."""
+
+
+def free_accelerator_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def make_objective(group_names: list[str], weight_min: float, weight_max: float,
                    score: Callable[[dict[str, float], optuna.Trial], tuple[float, dict]]
                    ) -> Callable[[optuna.Trial], float]:
     """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks."""
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
         weights = {name: trial.suggest_float(name, weight_min, weight_max) for name in group_names}
+        retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+        if retried is not None:
+            log.info("trial %d retries trial %d, whose worker died", trial.number, retried)
         started = time.perf_counter()
         try:
             value, details = score(weights, trial)
         except optuna.TrialPruned:
             log.info("trial %d pruned after %.1fs", trial.number, time.perf_counter() - started)
             raise
+        except torch.OutOfMemoryError as exc:
+            reason = f"out of memory: {str(exc).splitlines()[0] if str(exc) else exc!r}"[:500]
+            del exc  # its traceback holds the trial's activations: drop it before freeing memory
+            free_accelerator_memory()
+            trial.set_user_attr("fail_reason", reason)
+            log.error("trial %d failed: %s; memory freed, the search goes on", trial.number, reason)
+            raise TrialOutOfMemory(reason) from None
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
