@@ -85,7 +85,7 @@ SEARCH_FLAGS = [
     Flag("--no_baseline_trials", "Do not enqueue the two baseline trials (all weights 1.0, then all 0.0).",
          action="store_true", default=False),
     Flag("--heartbeat_interval", "Seconds between a worker's heartbeats in an RDB storage; a trial whose worker "
-         "is silent for 3x this long is marked failed and retried.", 60, type=int),
+         "is silent for 3x this long is marked failed and retried.", 60.0, type=float),
     Flag("--search_only", "Run trials only, and save nothing: for the extra workers of a study shared through "
          "--storage. Save afterwards with the same command and --finalize.", action="store_true", default=False),
     Flag("--finalize", "Do not search: save the best model of the study (after its holdout), e.g. once "

@@ -47,7 +47,7 @@ class RunConfig:
     run_dir: Path
     baseline_trials: bool
     holdout_top_k: int
-    heartbeat_interval: int
+    heartbeat_interval: float
     search_only: bool
     finalize: bool
     save_on_interrupt: bool

@@ -20,8 +20,7 @@ from .evaluators import Evaluator
 from .grouping import group_names, ordered_groups
 from .merger import Merger
 from .models import DTYPES, load_model, resolve, save_model
-from .errors import UsageError
-from .search import (FINISHED, enqueue_baselines, finished_trials, make_objective, open_storage, open_study,
+from .search import (FINISHED, finished_trials, make_objective, open_storage, open_study,
                      recover_dead_workers, redact, run_search)
 from .task_vector import build_task_vector
 
@@ -110,13 +109,12 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     config.run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(config.storage, config.heartbeat_interval)
     log.info("study %s in %s", config.study_name, redact(config.storage))
-    if config.finalize:
-        check_finalizable(storage, config.study_name)
 
     evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     ws = prepare_workspace(config)
 
-    study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None))
+    study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None),
+                       ws.group_order if config.baseline_trials and not config.finalize else None)
     if not config.finalize:
         search(config, study, ws, evaluator)
     if config.search_only:
@@ -135,8 +133,6 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
     """Trials until the study has ``n_trials`` finished ones; Ctrl-C optionally saves the best so far."""
     study.set_user_attr("inputs", config.recipe_inputs())
     recover_dead_workers(study)
-    if config.baseline_trials:
-        enqueue_baselines(study, ws.group_order)
     already = finished_trials(study)
     if already:
         log.info("resuming: %d of %d trials already finished", already, config.n_trials)
@@ -158,17 +154,6 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
 
 def completed(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-
-
-def check_finalizable(storage: optuna.storages.BaseStorage, study_name: str) -> None:
-    """--finalize needs a study with a completed trial; say so before any model loads."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise UsageError("--finalize", f"there is no study {study_name!r} in this storage; run the search first "
-                                       "(the same command without --finalize), or pass its --study_name") from None
-    if not completed(study):
-        raise UsageError("--finalize", f"study {study_name!r} has no completed trial yet; let the search run first")
 
 
 def result_of(config: RunConfig, study: optuna.Study) -> RunResult:

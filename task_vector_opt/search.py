@@ -82,11 +82,11 @@ def recover_dead_workers(study: optuna.Study) -> int:
         if not _is_dead_here(worker):
             continue
         try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died mid-trial")
             if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died mid-trial")
         retry_callback()(study, study._storage.get_trial(trial._trial_id))
         log.warning("trial %d was running in a process that died (%s); marked failed and enqueued again",
                     trial.number, worker)
@@ -99,7 +99,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
     """Open (and create if needed) the study storage; fail with one line if Optuna cannot.
 
     RDB storages (SQLite, PostgreSQL, MySQL) get Optuna's heartbeat: a trial whose worker stopped
@@ -138,19 +138,26 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str, seed: int,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study, or load it to resume.
+               pruner: optuna.pruners.BasePruner | None = None,
+               baseline_groups: list[str] | None = None) -> optuna.Study:
+    """Create the study, or load it to resume (or to join it as one more worker).
 
+    Only the process that creates the study enqueues the baselines (when ``baseline_groups`` is given):
+    the storage lets exactly one create a name, so workers starting together enqueue them once.
     A resumed study gets the seed shifted by its trial count: the same seed would replay the same
     proposals that the interrupted run already evaluated. A fresh study with one seed is reproducible.
     """
+    pruner = pruner or optuna.pruners.NopPruner()
     try:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                    sampler=make_sampler(sampler, seed), pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
         existing = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
-    except KeyError:
-        existing = 0
-    return optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                               sampler=make_sampler(sampler, seed + existing),
-                               pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
+        return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
+                                 sampler=make_sampler(sampler, seed + existing))
+    if baseline_groups:
+        enqueue_baselines(study, baseline_groups)
+    return study
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -162,9 +169,7 @@ def enqueue_baselines(study: optuna.Study, group_names: list[str]) -> None:
     if study.get_trials(deepcopy=False):
         return
     for label, value in BASELINES:
-        # skip_if_exists: two workers starting together on a new study enqueue each baseline once
-        study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label},
-                            skip_if_exists=True)
+        study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label})
 
 
 class _FailureWatch:
@@ -217,11 +222,8 @@ def make_objective(group_names: list[str], weight_min: float, weight_max: float,
     """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks."""
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker_id())
         weights = {name: trial.suggest_float(name, weight_min, weight_max) for name in group_names}
-        retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
-        if retried is not None:
-            log.info("trial %d retries trial %d, whose worker died", trial.number, retried)
+        trial.set_user_attr("worker", worker_id())  # after the proposals: a retry of this trial repeats them
         started = time.perf_counter()
         try:
             value, details = score(weights, trial)

@@ -25,6 +25,10 @@ def validate(pipeline: str, args: argparse.Namespace, targets: list[ModelSource]
     settings = settings_from_args(args)
     config = build_config(pipeline, args, targets, settings)
     check_storage(config.storage)
+    if config.finalize:
+        from .search import open_storage
+
+        check_finalizable(open_storage(config.storage), config.study_name)
     return config
 
 
@@ -102,6 +106,19 @@ def resolve_device(value: str | None) -> str:
     return str(device)
 
 
+def check_finalizable(storage, study_name: str) -> None:
+    """--finalize needs a study with a completed trial; say so before any model loads."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UsageError("--finalize", f"there is no study {study_name!r} in this storage; run the search first "
+                                       "(the same command without --finalize), or pass its --study_name") from None
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise UsageError("--finalize", f"study {study_name!r} has no completed trial yet; let the search run first")
+
+
 def check_storage(url: str) -> None:
     """The storage must be reachable now, not after the models have loaded."""
     from .search import open_storage
@@ -126,8 +143,8 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         raise UsageError("--n_trials", f"must be at least 1 (got {args.n_trials})")
     if args.holdout_top_k < 1:
         raise UsageError("--holdout_top_k", f"must be at least 1 (got {args.holdout_top_k})")
-    if args.heartbeat_interval < 1:
-        raise UsageError("--heartbeat_interval", f"must be at least 1 second (got {args.heartbeat_interval})")
+    if not args.heartbeat_interval > 0:
+        raise UsageError("--heartbeat_interval", f"must be a positive number of seconds (got {args.heartbeat_interval})")
     if args.search_only and args.finalize:
         raise UsageError("--finalize", "cannot be combined with --search_only (a worker either searches or saves)")
     if args.weight_min >= args.weight_max:

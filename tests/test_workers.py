@@ -1,0 +1,122 @@
+"""Scale-out on a real PostgreSQL: two worker processes share one study, one is killed with SIGKILL
+mid-trial, the study still reaches n_trials with the killed trial retried, and --finalize saves the best model.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from pg_server import postgres_server
+from task_vector_opt.search import FINISHED
+from tiny_models import make_trio
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
+N_TRIALS = 20
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    with postgres_server() as url:
+        yield url
+
+
+def worker_command(trio, tmp_path, storage, *extra):
+    return [sys.executable, str(ROOT / "merge_task_vector_jglue.py"), "--target_model", str(trio["target"]),
+            "--base_model", str(trio["base"]), "--tuned_model", str(trio["tuned"]), "--dtype", "float32",
+            "--task_search_path", str(DEMO_TASKS), "--jglue_tasks", "demo_skill", "--jglue_limit", "60",
+            "--n_trials", str(N_TRIALS), "--optimize_mode", "parameter", "--storage", storage,
+            "--study_name", "shared", "--heartbeat_interval", "0.5", "--run_dir", str(tmp_path / "run"),
+            "--output_dir", str(tmp_path / "out"), *extra]
+
+
+def running_trial_of(study: optuna.Study, pid: int):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker", "").split(":")[1:2] == [str(pid)]:
+            return trial
+    return None
+
+
+def test_two_workers_share_a_study_survive_a_sigkill_and_finalize_saves_the_best(tmp_path, postgres_url):
+    trio = make_trio(tmp_path / "models", "llama")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = worker_command(trio, tmp_path, postgres_url, "--search_only")
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(2)]
+    victim = subprocess.Popen(cmd, stdout=logs[0], stderr=logs[0], env=env)
+    survivor = subprocess.Popen(cmd, stdout=logs[1], stderr=logs[1], env=env)
+    storage = optuna.storages.RDBStorage(postgres_url)  # one connection pool for all the polling
+    killed = None
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and victim.poll() is None:
+            try:
+                study = optuna.load_study(study_name="shared", storage=storage)
+            except KeyError:  # not created yet
+                time.sleep(0.2)
+                continue
+            trial = running_trial_of(study, victim.pid)
+            if trial is not None:
+                victim.send_signal(signal.SIGKILL)
+                killed = trial.number
+                break
+            time.sleep(0.05)
+        victim.wait(timeout=60)
+        assert killed is not None, (tmp_path / "worker0.log").read_text()[-6000:]
+        assert survivor.wait(timeout=600) == 0, (tmp_path / "worker1.log").read_text()[-3000:]
+    finally:
+        for process in (victim, survivor):
+            if process.poll() is None:
+                process.kill()
+        for log in logs:
+            log.close()
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert len([t for t in trials if t.state in FINISHED]) >= N_TRIALS
+    killed_trial = trials[killed]
+    last_start = max(t.datetime_start for t in trials if t.datetime_start)
+    assert killed_trial.state == TrialState.FAIL, (killed_trial.datetime_start, last_start)  # not left RUNNING
+    retries = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
+    assert retries and retries[0].state == TrialState.COMPLETE and retries[0].params == killed_trial.params
+    baselines = [t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs and t.state in FINISHED]
+    assert sorted(baselines) == sorted(set(baselines)) and len(baselines) == 2  # enqueued once, not per worker
+    workers = {t.user_attrs["worker"].split(":")[1] for t in trials if t.state == TrialState.COMPLETE}
+    assert workers == {str(victim.pid), str(survivor.pid)} or workers == {str(survivor.pid)}
+    assert not (tmp_path / "out").exists()  # --search_only workers save nothing
+
+    finalize = subprocess.run(worker_command(trio, tmp_path, postgres_url, "--finalize"), capture_output=True,
+                              text=True, env=env, timeout=600)
+    assert finalize.returncode == 0, finalize.stderr[-3000:]
+    assert len(optuna.load_study(study_name="shared", storage=storage).trials) == len(trials)  # no search
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}
+    assert recipe["weights"] == study.best_params
+    assert "tvo" not in json.dumps(recipe["study"]) or "***" not in recipe["study"]["storage"]
+
+
+def test_finalize_without_a_study_is_a_usage_error_before_loading(tmp_path, postgres_url):
+    trio = make_trio(tmp_path / "models", "llama")
+    done = subprocess.run(worker_command(trio, tmp_path, postgres_url, "--finalize", "--study_name", "nothing"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --finalize: there is no study 'nothing' in this storage; run the search first (the same command "
+        "without --finalize), or pass its --study_name"]
+
+
+def test_an_unreachable_storage_is_a_usage_error_up_front(tmp_path):
+    trio = make_trio(tmp_path / "models", "llama")
+    done = subprocess.run(worker_command(trio, tmp_path, "postgresql+psycopg2://u:secretpw@127.0.0.1:1/db",
+                                         "--dry_run"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: --storage: Optuna cannot open 'postgresql+psycopg2://u:***@127.0.0.1:1/db'")
+    assert "secretpw" not in done.stderr + done.stdout
