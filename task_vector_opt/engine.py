@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 import torch
@@ -20,6 +20,7 @@ from .evaluators import Evaluator
 from .grouping import group_names, ordered_groups
 from .merger import Merger
 from .models import DTYPES, load_model, resolve, save_model
+from .outputs import run_outputs
 from .search import (FINISHED, enqueue_baselines, finished_trials, make_objective, open_storage, open_study, redact,
                      run_search)
 from .task_vector import build_task_vector
@@ -39,6 +40,9 @@ class RunResult:
     holdout: dict[str, float | None] = field(default_factory=dict)
     search_baselines: dict[str, float] = field(default_factory=dict)
     output_dir: Path | None = None
+    n_trials: int = 0  # finished (complete + pruned)
+    n_failed: int = 0
+    files: list[str] = field(default_factory=list)  # side files saved beside the model
 
 
 def setup_logging(level: str) -> None:
@@ -100,8 +104,11 @@ def prepare(config: RunConfig) -> Workspace:
 Preparer = Callable[[RunConfig], Workspace]
 
 
-def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: Preparer = prepare) -> RunResult:
-    """Run (or resume) one optimization end to end and save the best model."""
+def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: Preparer = prepare,
+        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> RunResult:
+    """Run (or resume) one optimization end to end and save the best model with its report.
+
+    ``callbacks`` are called after each trial (e.g. experiment tracking)."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(config.storage)
     log.info("study %s in %s", config.study_name, redact(config.storage))
@@ -122,7 +129,8 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
         result = evaluator.score(ws.model, ws.tokenizer, trial)
         return result.value, result.details
 
-    run_search(study, config.n_trials, make_objective(ws.group_order, config.weight_min, config.weight_max, score))
+    run_search(study, config.n_trials, make_objective(ws.group_order, config.weight_min, config.weight_max, score),
+               callbacks)
 
     best = study.best_trial
     result = RunResult(config.study_name, best.value, best.number, dict(best.params),
@@ -132,8 +140,14 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     if result.holdout:
         result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
     ws.merger.apply(result.best_weights)
+    merge_recipe = recipe(config, result, ws.n_tensors)
+    side_files = {"merge_recipe.json": merge_recipe,
+                  **run_outputs(study, result.holdout, merge_recipe, ws.model, ws.merger)}  # report, card, mergekit
     result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
-                                   {"merge_recipe.json": recipe(config, result, ws.n_tensors)})
+                                   side_files)
+    result.n_trials, result.n_failed = finished_trials(study), len(study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+    result.files = sorted(side_files)
     return result
 
 
@@ -184,17 +198,30 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
     }
 
 
+def summary_table(result: RunResult) -> str:
+    """The scores of w=0, w=1 and the best trial side by side: search and held-out."""
+    rows = [(label, value, result.holdout.get(label.split(" ", 1)[0]))
+            for label, value in sorted(result.search_baselines.items())]
+    rows.append((f"best (trial {result.best_trial})", result.best_value, result.holdout.get("best")))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"  {'merge':<{width}}  {'search':>8}  {'held-out':>8}"]
+    for label, search, held in rows:
+        lines.append(f"  {label:<{width}}  {search:>8.4f}  {'' if held is None else f'{held:.4f}':>8}")
+    return "\n".join(lines)
+
+
 def print_summary(result: RunResult) -> None:
     lines = ["", "=== task vector optimization finished ===",
-             f"study            : {result.study_name}",
-             f"best search score: {result.best_value:.4f} (trial {result.best_trial})"]
-    for label, value in result.search_baselines.items():
-        lines.append(f"  search {label}: {value:.4f}")
+             f"study            : {result.study_name} ({result.n_trials} trials finished, {result.n_failed} failed)",
+             f"best search score: {result.best_value:.4f} (trial {result.best_trial})",
+             summary_table(result)]
     if result.holdout:
         lines.append("held-out scores  : " + ", ".join(f"{k} {v:.4f}" for k, v in result.holdout.items()))
     weights = ", ".join(f"{k}={v:.3f}" for k, v in result.best_weights.items())
     lines.append(f"best weights     : {weights if len(weights) < 600 else weights[:600] + ' ...'}")
-    lines.append(f"saved to         : {result.output_dir} (weights in merge_recipe.json)")
+    lines.append(f"saved to         : {result.output_dir}")
+    if result.files:
+        lines.append(f"  beside the model: {', '.join(result.files)}")
     print("\n".join(lines))
 
 
