@@ -13,14 +13,16 @@ LAYERS = [f"layer_{i:02d}" for i in range(6)] + ["norm"]
 
 def synthetic_score(weights: dict[str, float], trial) -> tuple[float, dict]:
     """Two 'tasks' that like different weights, plus a judge tally, like the evaluators' details."""
-    skill = sum(math.exp(-(w - 1.2) ** 2) for w in weights.values()) / len(weights)
+    optimum = {name: 0.4 + 0.2 * i for i, name in enumerate(weights)}  # early layers like less of the vector
+    skill = sum(math.exp(-4 * (w - optimum[name]) ** 2) for name, w in weights.items()) / len(weights)
     keep = sum(math.exp(-(w - 0.3) ** 2 / 4) for w in weights.values()) / len(weights)
     details = {"demo_skill": skill, "target_task": keep, "judge/cost_usd": 0.0012 * (trial.number + 1),
                "judge/requests": 8}
     return 0.7 * skill + 0.3 * keep, details
 
 
-def make_finished_study(storage_url: str, n_trials: int = 12, name: str = "report-test") -> optuna.Study:
+def make_finished_study(storage_url: str, n_trials: int = 16, name: str = "report-test") -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url)
     study = open_study(storage, name, "TPE", 0)
     study.set_user_attr("inputs", {"pipeline": "jglue", "targets": ["org/target-7b"], "base_model": "org/base-7b",
