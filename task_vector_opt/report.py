@@ -308,6 +308,9 @@ def write_files(directory: Path, files: dict[str, str | bytes]) -> None:
 def load_finished_study(storage_url: str, study_name: str | None) -> optuna.Study:
     from .search import open_storage, redact
 
+    if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).is_file():
+        raise UsageError("--storage", f"{storage_url!r}: no such SQLite file; give the study.db of a run "
+                                      "(runs/<study_name>/study.db)")  # opening it would create an empty one
     storage = open_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:

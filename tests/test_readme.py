@@ -29,3 +29,12 @@ def test_ci_runs_the_readme_test_command():
     assert command in ENGLISH and command in JAPANESE
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/setup.sh" in ci and ".venv/bin/python -m pytest -q tests" in ci
+
+
+def test_readme_pictures_exist_in_the_repo():
+    import re
+
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", README)
+    assert {"docs/demo_history.png", "docs/demo_weights.png"} <= set(pictures)
+    for picture in pictures:
+        assert (ROOT / picture).read_bytes().startswith(b"\x89PNG"), picture

@@ -97,6 +97,14 @@ def test_report_command_errors_are_one_line_with_exit_code_2(study, storage_url,
     assert "report-test" in done.stderr or "--help" in done.stderr
 
 
+def test_report_command_on_a_missing_database_creates_nothing(tmp_path):
+    missing = tmp_path / "runs" / "typo" / "study.db"
+    done = subprocess.run([sys.executable, "-m", "task_vector_opt.report", "--storage", f"sqlite:///{missing}",
+                           "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and "--storage" in done.stderr and "no such SQLite file" in done.stderr
+    assert not missing.exists() and not (tmp_path / "o").exists()
+
+
 def test_model_card_metadata_names_hub_sources_as_a_merge():
     from huggingface_hub import ModelCard
     from huggingface_hub.utils import validate_repo_id
