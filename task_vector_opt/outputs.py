@@ -22,14 +22,20 @@ def run_outputs(study: optuna.Study, holdout: dict[str, float], recipe: dict[str
     from .mergekit_export import layout_from_merger, mergekit_config, reasons_not_expressible
 
     study.set_user_attr("holdout", holdout)  # kept in the study, so a later `report` shows it too
-    layout = layout_from_merger(model, merger)
-    files: dict[str, str | bytes] = {MERGEKIT_YAML: mergekit_config(recipe["inputs"], recipe["weights"], layout)}
+    files: dict[str, str | bytes] = {}
+    mergekit_ok = False
+    try:
+        layout = layout_from_merger(model, merger)
+        files[MERGEKIT_YAML] = mergekit_config(recipe["inputs"], recipe["weights"], layout)
+        mergekit_ok = not reasons_not_expressible(layout)
+    except Exception as exc:  # an export problem must not cost the user the merged model
+        log.warning("mergekit config not written (%s: %s)", type(exc).__name__, exc)
     try:
         from .model_card import render_model_card
         from .report import report_files, study_view
 
         files.update(report_files(study))
-        files[MODEL_CARD] = render_model_card(study_view(study), recipe, not reasons_not_expressible(layout))
+        files[MODEL_CARD] = render_model_card(study_view(study), recipe, mergekit_ok)
     except Exception as exc:  # plotting libraries missing or a plot failing: keep the model and say how to redo it
         log.warning("report / model card not written (%s: %s); redraw later with: python -m task_vector_opt.report "
                     "--storage %s --study_name %s --output_dir DIR", type(exc).__name__, exc,
