@@ -253,6 +253,9 @@ def history_png(view: StudyView) -> bytes:
         for label, value in sorted(view.baselines.items()):
             ax.axhline(value, ls="--", lw=1.2, color=BASELINE_COLORS.get(baseline_short(label), "#555"),
                        label=f"{label}: {value:.3f}")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers are whole
         ax.set_xlabel("trial")
         ax.set_ylabel("search score")
         ax.set_title(f"Optimization history ({len(numbers)} trials, best {view.best_value:.3f} "
