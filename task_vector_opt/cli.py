@@ -100,6 +100,16 @@ OUTPUT_FLAGS = [
     Flag("--log_level", "Logging level.", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 ]
 
+# Sharing and tracking (task_vector_opt.hub, task_vector_opt.tracking); checked by pipelines.check_sharing.
+SHARING_FLAGS = [
+    Flag("--push_to_hub", "Upload the saved model directory (weights, tokenizer, model card README.md, report) to "
+         "this Hugging Face repo id at the end, e.g. your-name/my-merge (needs a token: `hf auth login` or HF_TOKEN).",
+         metavar="REPO"),
+    Flag("--hub_private", "Create the --push_to_hub repo as private.", action="store_true", default=False),
+    Flag("--wandb", "Log every trial (score, weights, per-task metrics) to Weights & Biases (needs `pip install "
+         "wandb`; project from WANDB_PROJECT, WANDB_MODE=offline logs locally).", action="store_true", default=False),
+]
+
 JGLUE_FLAGS = [
     Flag("--jglue_tasks", "Comma-separated lm-eval tasks, optionally weighted as name:weight. Accepts ja_leaderboard_* "
          "names, the original Stability-style names (jcommonsenseqa-1.1-0.3, ...) and tasks from --task_search_path.",
@@ -140,6 +150,7 @@ class Pipeline:
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=self.prog, description=self.description)
         groups = {"models": self.target_flags + MODEL_FLAGS, "search": SEARCH_FLAGS, "output": OUTPUT_FLAGS,
+                  "sharing": SHARING_FLAGS,
                   "evaluation": self.evaluator_flags() if callable(self.evaluator_flags) else self.evaluator_flags,
                   **self.extra_groups}
         for title, flags in groups.items():

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 import torch
@@ -20,8 +20,9 @@ from .evaluators import Evaluator
 from .grouping import group_names, ordered_groups
 from .merger import Merger
 from .models import DTYPES, load_model, resolve, save_model
-from .search import (FINISHED, finished_trials, make_objective, open_storage, open_study,
-                     recover_dead_workers, redact, run_search)
+from .outputs import run_outputs
+from .search import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
+                     redact, run_search)
 from .task_vector import build_task_vector
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class RunResult:
     holdout: dict[str, float | None] = field(default_factory=dict)
     search_baselines: dict[str, float] = field(default_factory=dict)
     output_dir: Path | None = None
+    n_trials: int = 0  # finished (complete + pruned)
+    n_failed: int = 0
+    files: list[str] = field(default_factory=list)  # side files saved beside the model
 
 
 def setup_logging(level: str) -> None:
@@ -100,11 +104,13 @@ def prepare(config: RunConfig) -> Workspace:
 Preparer = Callable[[RunConfig], Workspace]
 
 
-def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: Preparer = prepare) -> RunResult:
-    """Run (or resume) one optimization end to end and save the best model.
+def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: Preparer = prepare,
+        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> RunResult:
+    """Run (or resume) one optimization end to end and save the best model with its report.
 
     ``--search_only`` workers stop after the search (several may share one study); ``--finalize``
-    skips the search and saves the best trial of the study as it is.
+    skips the search and saves the best trial of the study as it is. ``callbacks`` are called after
+    each trial (e.g. experiment tracking).
     """
     config.run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(config.storage, config.heartbeat_interval)
@@ -116,7 +122,7 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None),
                        ws.group_order if config.baseline_trials and not config.finalize else None)
     if not config.finalize:
-        search(config, study, ws, evaluator)
+        search(config, study, ws, evaluator, callbacks)
     if config.search_only:
         log.info("--search_only: this worker is done; save the model with the same command and --finalize")
         return result_of(config, study)
@@ -125,11 +131,12 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
     if result.holdout:
         result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
-    save_best(config, ws, result)
+    save_best(config, ws, study, result)
     return result
 
 
-def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator) -> None:
+def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator,
+           callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> None:
     """Trials until the study has ``n_trials`` finished ones; Ctrl-C optionally saves the best so far."""
     study.set_user_attr("inputs", config.recipe_inputs())
     recover_dead_workers(study)
@@ -144,11 +151,11 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
 
     try:
         run_search(study, config.n_trials,
-                   make_objective(ws.group_order, config.weight_min, config.weight_max, score))
+                   make_objective(ws.group_order, config.weight_min, config.weight_max, score), callbacks)
     except KeyboardInterrupt:
         if config.save_on_interrupt and completed(study):
             log.warning("interrupted: saving the best trial so far (--save_on_interrupt); Ctrl-C again to abandon")
-            save_best(config, ws, result_of(config, study))
+            save_best(config, ws, study, result_of(config, study))
         raise
 
 
@@ -162,10 +169,18 @@ def result_of(config: RunConfig, study: optuna.Study) -> RunResult:
                      search_baselines=baseline_values(study))
 
 
-def save_best(config: RunConfig, ws: Workspace, result: RunResult) -> None:
+def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: RunResult) -> None:
+    """The best weights into the live model, then the model, recipe, report, card and mergekit YAML in one
+    atomic save."""
     ws.merger.apply(result.best_weights)
+    merge_recipe = recipe(config, result, ws.n_tensors)
+    side_files = {"merge_recipe.json": merge_recipe,
+                  **run_outputs(study, result.holdout, merge_recipe, ws.model, ws.merger)}  # report, card, mergekit
     result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
-                                   {"merge_recipe.json": recipe(config, result, ws.n_tensors)})
+                                   side_files)
+    result.n_trials, result.n_failed = finished_trials(study), len(study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+    result.files = sorted(side_files)
 
 
 def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int) -> dict[str, dict[str, float]]:
@@ -215,12 +230,23 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
     }
 
 
+def summary_table(result: RunResult) -> str:
+    """The scores of w=0, w=1 and the best trial side by side: search and held-out."""
+    rows = [(label, value, result.holdout.get(label.split(" ", 1)[0]))
+            for label, value in sorted(result.search_baselines.items())]
+    rows.append((f"best (trial {result.best_trial})", result.best_value, result.holdout.get("best")))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"  {'merge':<{width}}  {'search':>8}  {'held-out':>8}"]
+    for label, search, held in rows:
+        lines.append(f"  {label:<{width}}  {search:>8.4f}  {'' if held is None else f'{held:.4f}':>8}")
+    return "\n".join(lines)
+
+
 def print_summary(result: RunResult) -> None:
     lines = ["", "=== task vector optimization finished ===",
-             f"study            : {result.study_name}",
-             f"best search score: {result.best_value:.4f} (trial {result.best_trial})"]
-    for label, value in result.search_baselines.items():
-        lines.append(f"  search {label}: {value:.4f}")
+             f"study            : {result.study_name} ({result.n_trials} trials finished, {result.n_failed} failed)",
+             f"best search score: {result.best_value:.4f} (trial {result.best_trial})",
+             summary_table(result)]
     if result.holdout:
         lines.append("held-out scores  : " + ", ".join(f"{k} {v:.4f}" for k, v in result.holdout.items()))
     weights = ", ".join(f"{k}={v:.3f}" for k, v in result.best_weights.items())
@@ -228,7 +254,9 @@ def print_summary(result: RunResult) -> None:
     if result.output_dir is None:
         lines.append("saved to         : nothing yet (--search_only); add --finalize to save the best model")
     else:
-        lines.append(f"saved to         : {result.output_dir} (weights in merge_recipe.json)")
+        lines.append(f"saved to         : {result.output_dir}")
+    if result.files:
+        lines.append(f"  beside the model: {', '.join(result.files)}")
     print("\n".join(lines))
 
 

@@ -25,3 +25,7 @@ class SearchAborted(RuntimeError):
 
 class StudyStopped(SearchAborted):
     """A trial failed in a way the user asked to stop on; completed trials stay in the storage."""
+
+
+class UploadFailed(SearchAborted):
+    """--push_to_hub failed after the model was saved locally (exit code 1, like an aborted search)."""

@@ -140,11 +140,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files: dict[str, Any]) -> Path:
-    """Save model (sharded safetensors), tokenizer, generation config and JSON side files atomically."""
+    """Save model (sharded safetensors), tokenizer, generation config and side files atomically.
+
+    A side file's content is written as is when it is str or bytes, as JSON otherwise."""
     with atomic_directory(output_dir, overwrite) as staging:
         model.save_pretrained(staging, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
         for name, payload in extra_files.items():
-            write_json_atomic(staging / name, payload)
+            if isinstance(payload, bytes):
+                (staging / name).write_bytes(payload)
+            elif isinstance(payload, str):
+                (staging / name).write_text(payload, encoding="utf-8")
+            else:
+                write_json_atomic(staging / name, payload)
     log.info("saved the merged model to %s", output_dir)
     return output_dir

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from . import engine
 from .cli import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
 from .config import ModelSource
+from .errors import UploadFailed
 from .validation import validate
 from .evaluators import Evaluator
 
@@ -88,8 +89,31 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     if config.dry_run:
         print(engine.dry_run_plan(config, spec.describe(config.evaluator)))
         return
-    result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir))
+    tracker = None
+    if args.wandb:
+        from .tracking import WandbTracker
+
+        tracker = WandbTracker(config.study_name, config.recipe_inputs())
+    result = None
+    try:
+        result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir),
+                            callbacks=[tracker] if tracker else [])
+    finally:
+        if tracker is not None:
+            tracker.finish(result)
     engine.print_summary(result)
+    if args.push_to_hub and result.output_dir is not None:
+        from .hub import push_folder
+
+        try:
+            url = push_folder(result.output_dir, args.push_to_hub, args.hub_private,
+                              f"task_vector_opt merge: study {result.study_name}, best trial {result.best_trial}")
+        except Exception as exc:  # the model is saved; the user needs the reason and how to retry
+            raise UploadFailed(f"upload to {args.push_to_hub!r} failed ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}); the model is saved in "
+                               f"{result.output_dir}; retry with: hf upload {args.push_to_hub} {result.output_dir}"
+                               ) from None
+        print(f"pushed to        : {url}")
 
 
 def jglue_main(argv: Sequence[str] | None = None) -> None:

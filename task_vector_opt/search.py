@@ -14,7 +14,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import optuna
 import torch
@@ -191,19 +191,61 @@ class _FailureWatch:
             study.stop()
 
 
-def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.Trial], float]) -> None:
+class TrialProgress:
+    """Optuna callback: one bar over the trials, the best score so far in its postfix.
+
+    Nested bars (generation, judging, lm-eval) are opened with leave=False while this one is open, so tqdm
+    gives them the next line and clears them when they close; log lines go above (logging_redirect_tqdm).
+    """
+
+    def __init__(self, study: optuna.Study, n_trials: int):
+        from tqdm.auto import tqdm
+
+        self.failed = 0
+        self.bar = tqdm(total=n_trials, initial=min(finished_trials(study), n_trials), desc="trials", unit="trial",
+                        dynamic_ncols=True)
+        self._show(study)
+
+    def _show(self, study: optuna.Study) -> None:
+        postfix = {}
+        try:
+            postfix["best"] = f"{study.best_value:.4f}"
+        except ValueError:  # no completed trial yet
+            pass
+        if self.failed:
+            postfix["failed"] = self.failed
+        self.bar.set_postfix(postfix, refresh=True)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in FINISHED:
+            self.bar.update(1)
+        elif trial.state == TrialState.FAIL:
+            self.failed += 1
+        self._show(study)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.Trial], float],
+               callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> None:
     """Run trials until ``n_trials`` have finished; failed trials are recorded and retried, not counted."""
     watch = _FailureWatch()
-    while (missing := n_trials - finished_trials(study)) > 0:
-        with logging_redirect_tqdm():  # log lines print above the progress bar instead of breaking it
-            study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), watch])
-        reason = watch.last_failure.user_attrs.get("fail_reason", "see the log") if watch.last_failure else ""
-        if watch.stop_requested:
-            raise StudyStopped(f"the study was stopped by trial {watch.last_failure.number}: {reason}; "
-                               "rerun the same command to resume")
-        if watch.streak >= MAX_CONSECUTIVE_FAILURES:
-            raise SearchAborted(f"{watch.streak} trials failed in a row; last reason: {reason}")
+    with logging_redirect_tqdm():  # log lines print above the progress bar instead of breaking it
+        progress = TrialProgress(study, n_trials)
+        try:
+            while (missing := n_trials - finished_trials(study)) > 0:
+                study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=False,
+                               callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), watch, progress,
+                                          *callbacks])
+                reason = watch.last_failure.user_attrs.get("fail_reason", "see the log") if watch.last_failure else ""
+                if watch.stop_requested:
+                    raise StudyStopped(f"the study was stopped by trial {watch.last_failure.number}: {reason}; "
+                                       "rerun the same command to resume")
+                if watch.streak >= MAX_CONSECUTIVE_FAILURES:
+                    raise SearchAborted(f"{watch.streak} trials failed in a row; last reason: {reason}")
+        finally:
+            progress.close()
 
 
 class TrialOutOfMemory(RuntimeError):

@@ -23,6 +23,7 @@ def validate(pipeline: str, args: argparse.Namespace, targets: list[ModelSource]
              settings_from_args: Callable[[argparse.Namespace], Any]) -> RunConfig:
     """All checks of one run; returns the RunConfig, or raises the first UsageError."""
     settings = settings_from_args(args)
+    check_sharing(args)
     config = build_config(pipeline, args, targets, settings)
     check_storage(config.storage)
     if config.finalize:
@@ -117,6 +118,15 @@ def check_finalizable(storage, study_name: str) -> None:
                                        "(the same command without --finalize), or pass its --study_name") from None
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise UsageError("--finalize", f"study {study_name!r} has no completed trial yet; let the search run first")
+
+
+def check_sharing(args: argparse.Namespace) -> None:
+    """--push_to_hub (repo id, token, not offline) and --wandb (installed)."""
+    from .hub import check_push_to_hub
+    from .tracking import check_wandb
+
+    check_push_to_hub(args.push_to_hub)
+    check_wandb(args.wandb)
 
 
 def check_storage(url: str) -> None:

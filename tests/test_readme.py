@@ -4,20 +4,22 @@ from pathlib import Path
 import pytest
 
 from task_vector_opt.pipelines import JGLUE, MT_BENCH
+from task_vector_opt.report import parser as report_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ENGLISH, JAPANESE = README.split('<a id="日本語"></a>')
 
 
-def flags(pipeline):
-    return sorted({opt for action in pipeline.parser()._actions for opt in action.option_strings
+def flags(parser):
+    return sorted({opt for action in parser._actions for opt in action.option_strings
                    if opt.startswith("--") and opt != "--help"})
 
 
-@pytest.mark.parametrize("pipeline", [JGLUE.cli, MT_BENCH.cli], ids=lambda p: p.prog)
-def test_every_flag_is_documented_in_both_languages(pipeline):
-    for flag in flags(pipeline):
+@pytest.mark.parametrize("parser", [JGLUE.cli.parser(), MT_BENCH.cli.parser(), report_parser()],
+                         ids=lambda p: p.prog)
+def test_every_flag_is_documented_in_both_languages(parser):
+    for flag in flags(parser):
         assert f"`{flag}`" in ENGLISH, f"{flag} missing from the English README"
         assert f"`{flag}`" in JAPANESE, f"{flag} missing from the Japanese README"
 
@@ -27,3 +29,12 @@ def test_ci_runs_the_readme_test_command():
     assert command in ENGLISH and command in JAPANESE
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/setup.sh" in ci and ".venv/bin/python -m pytest -q tests" in ci
+
+
+def test_readme_pictures_exist_in_the_repo():
+    import re
+
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", README)
+    assert {"docs/demo_history.png", "docs/demo_weights.png"} <= set(pictures)
+    for picture in pictures:
+        assert (ROOT / picture).read_bytes().startswith(b"\x89PNG"), picture

@@ -1,7 +1,6 @@
 """The search loop: failures are recorded, never scored; NaN fails a trial; a stop request ends the study."""
 import math
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 

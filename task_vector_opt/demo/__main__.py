@@ -2,7 +2,9 @@
 
     python -m task_vector_opt.demo [extra flags for merge_task_vector_jglue.py]
 
-Models are cached in $TVO_CACHE (default .cache/demo); outputs go to demo_output/.
+Models are cached in $TVO_CACHE (default .cache/demo); outputs go to demo_output/: the merged model with its
+report (demo_output/model/report.html, optimization_history.png, best_weights.png) and model card (README.md).
+The pictures in the README's "Demo results" are that run's PNGs, copied to docs/.
 Rerunning resumes the same study; delete demo_output/ for a fresh search.
 """
 from __future__ import annotations

@@ -1,0 +1,130 @@
+"""README.md of the saved model: a Hugging Face model card (YAML metadata + sources, method, weights, scores,
+plots and how to reproduce the merge)."""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, score_rows
+
+TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]
+
+
+def is_hub_id(spec: str) -> bool:
+    """A hub id (org/name) as opposed to a local path; only hub ids belong in the card's base_model."""
+    from pathlib import Path
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or "\\" in spec:
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return "/" in spec
+
+
+def metadata(inputs: dict[str, Any]) -> dict[str, Any]:
+    targets = inputs.get("targets") or []
+    sources = [*targets, inputs.get("tuned_model"), inputs.get("base_model")]
+    hub_sources = list(dict.fromkeys(s for s in sources if isinstance(s, str) and is_hub_id(s)))
+    meta: dict[str, Any] = {}
+    if hub_sources:  # the hub's "merge" relation: the models this one was made from
+        meta["base_model"] = hub_sources
+        meta["base_model_relation"] = "merge"
+    meta.update({"library_name": "transformers", "pipeline_tag": "text-generation", "tags": TAGS})
+    return meta
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "—" if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> str:
+    script = f"merge_task_vector_{inputs.get('pipeline', 'jglue')}.py"
+    parts = [f"python {script}", f"--target_model {(inputs.get('targets') or ['TARGET'])[0]}",
+             f"--base_model {inputs.get('base_model')}", f"--tuned_model {inputs.get('tuned_model')}",
+             f"--optimize_mode {inputs.get('optimize_mode')}", f"--optuna_sampler {inputs.get('optuna_sampler')}",
+             f"--optuna_seed {inputs.get('optuna_seed')}", f"--weight_min {inputs.get('weight_min')}",
+             f"--weight_max {inputs.get('weight_max')}", f"--dtype {inputs.get('dtype')}",
+             f"--study_name {study_name}", f"--storage {storage}"]
+    if inputs.get("skip_embed"):
+        parts.append("--skip_embed")
+    return " \\\n    ".join(parts)
+
+
+def render_model_card(view: StudyView, recipe: dict[str, Any], mergekit_ok: bool) -> str:
+    inputs = recipe.get("inputs", {})
+    study = recipe.get("study", {})
+    meta = yaml.safe_dump(metadata(inputs), sort_keys=False, allow_unicode=True).strip()
+    sources = [["target (receives the vector)", ", ".join(inputs.get("targets") or [])],
+               ["base (subtracted)", inputs.get("base_model")], ["tuned (added)", inputs.get("tuned_model")]]
+    scores = [[label, search, held] for label, search, held in score_rows(view)]
+    weights = [[group, w] for group, w in recipe.get("weights", view.best_weights).items()]
+    evaluator = inputs.get("evaluator")
+    mergekit_text = (
+        "- **With mergekit**: `mergekit-yaml mergekit_config.yml ./merged-model` (the same formula as a "
+        "`task_arithmetic` config; values agree to floating-point rounding)." if mergekit_ok else
+        "- **With mergekit**: not possible for this merge; `mergekit_config.yml` says why.")
+    return f"""---
+{meta}
+---
+
+# Task vector merge: {view.name}
+
+This model is `target + w * (tuned - base)`: a task vector ("chat vector") added to the target with
+one weight per {inputs.get('optimize_mode', '')} group, the weights found by Optuna
+({inputs.get('optuna_sampler', '')}, seed {inputs.get('optuna_seed', '')}, {len(view.values)} completed trials,
+range [{inputs.get('weight_min', '')}, {inputs.get('weight_max', '')}]). Made with task_vector_opt
+({recipe.get('tool', '')}).
+
+## Sources
+
+{_md_table(["role", "model"], sources)}
+
+## Method
+
+- Formula: `{recipe.get('formula', 'target + weight * (tuned - base)')}`, computed in {inputs.get('dtype', '')}
+  on {recipe.get('tensors', '?')} tensors{' (embed_tokens / lm_head left unchanged)' if inputs.get('skip_embed') else ''}.
+- Search: {inputs.get('pipeline', '')} pipeline, optimize mode `{inputs.get('optimize_mode', '')}`; the first two trials
+  are the baselines w=1 everywhere (plain task-vector addition) and w=0 everywhere (the target unchanged).
+- Evaluator settings: `{yaml.safe_dump(evaluator, default_flow_style=True, width=10_000).strip() if evaluator else 'n/a'}`
+
+## Scores
+
+Search score: the objective the weights were optimized on. Held-out score: items the search never saw
+(empty when the run had no holdout).
+
+{_md_table(["merge", "search score", "held-out score"], scores)}
+
+![Optimization history]({HISTORY_PNG})
+
+![Best weights]({WEIGHTS_PNG})
+
+The interactive report (history, weights, parameter importances, parallel coordinates) is
+[`{REPORT_HTML}`]({REPORT_HTML}); it opens offline in any browser.
+
+## Weights (best trial {view.best_number})
+
+{_md_table(["group", "w"], weights)}
+
+## How to reproduce
+
+- **With task_vector_opt**: rerunning the search command with the same study resumes the finished study and
+  saves this merge again (add the same evaluator flags; they are recorded in `merge_recipe.json`):
+
+  ```bash
+  {reproduce_command(inputs, study.get('name', view.name), study.get('storage', 'STORAGE'))}
+  ```
+{mergekit_text}
+- **By hand**: `merge_recipe.json` holds every weight under its group name and the inputs.
+"""
