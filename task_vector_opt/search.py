@@ -237,7 +237,7 @@ def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.T
             while (missing := n_trials - finished_trials(study)) > 0:
                 study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=False,
                                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), watch, progress,
-                                          *callbacks])
+                                          lambda s, _: recover_dead_workers(s), *callbacks])
                 reason = watch.last_failure.user_attrs.get("fail_reason", "see the log") if watch.last_failure else ""
                 if watch.stop_requested:
                     raise StudyStopped(f"the study was stopped by trial {watch.last_failure.number}: {reason}; "
