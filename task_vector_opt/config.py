@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class RunConfig:
     def recipe_inputs(self) -> dict[str, Any]:
         """The inputs that define the merge and the search (used in the recipe and the study name)."""
         evaluator = asdict(self.evaluator) if self.evaluator is not None else None
+        extra = {k: asdict(v) if is_dataclass(v) else v for k, v in self.extra.items()}
         return {
             "pipeline": self.pipeline,
             "targets": [t.spec for t in self.targets],
@@ -81,6 +82,7 @@ class RunConfig:
             "weight_min": self.weight_min,
             "weight_max": self.weight_max,
             "evaluator": evaluator,
+            **extra,  # pipeline-specific inputs (the MoE's settings), part of the study's identity
         }
 
 
@@ -163,7 +165,8 @@ def default_study_name(pipeline: str, identity: dict[str, Any]) -> str:
     return f"{pipeline}-{identity['optimize_mode']}-{digest}"
 
 
-def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any) -> RunConfig:
+def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
+                 extra: dict[str, Any] | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
     if args.optimize_mode not in OPTIMIZE_MODES:
         raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose all, layer or parameter")
@@ -213,6 +216,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         log_level=args.log_level,
         dry_run=args.dry_run,
         evaluator=evaluator,
+        extra=dict(extra or {}),
     )
     config.study_name = args.study_name or default_study_name(pipeline, config.recipe_inputs())
     config.run_dir = Path(args.run_dir or Path("runs") / config.study_name).expanduser()

@@ -74,6 +74,8 @@ class Workspace:
     merger: Merger
     group_order: list[str]  # the weights the sampler proposes, in a stable order
     n_tensors: int
+    # Saves the best merge (already applied); default: the live model to --output_dir. The MoE saves its experts.
+    save: Callable[[RunConfig, "RunResult"], Path] | None = None
 
 
 def prepare(config: RunConfig) -> Workspace:
@@ -132,8 +134,11 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     if result.holdout:
         result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
     ws.merger.apply(result.best_weights)
-    result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
-                                   {"merge_recipe.json": recipe(config, result, ws.n_tensors)})
+    if ws.save is not None:
+        result.output_dir = ws.save(config, result)
+    else:
+        result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
+                                       {"merge_recipe.json": recipe(config, result, ws.n_tensors)})
     return result
 
 
