@@ -557,7 +557,7 @@ def dry_run_plan(config, evaluator_line: str) -> str:
     return json.dumps({
         "study": config.study_name, "run_dir": str(config.run_dir), "experts": settings.n_experts,
         "moe_base_expert": settings.base_index + 1, "gate_mode": settings.gate_mode,
-        "experts_per_token": settings.experts_per_token, "optimize_mode": config.optimize_mode,
+        "experts_per_token": settings.experts_per_token, "dtype": config.dtype, "optimize_mode": config.optimize_mode,
         "weights": len(ordered_groups(groups)), "weights_per_expert": per_expert, "tensors": len(groups),
         "sampler": config.sampler, "n_trials": config.n_trials,
         "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(dense + (settings.n_experts - 1) * mlp),
