@@ -68,7 +68,8 @@ class RunConfig:
     def recipe_inputs(self) -> dict[str, Any]:
         """The inputs that define the merge and the search (used in the recipe and the study name)."""
         evaluator = asdict(self.evaluator) if self.evaluator is not None else None
-        extra = {k: asdict(v) if is_dataclass(v) else v for k, v in self.extra.items()}
+        extra = {k: v.recipe_inputs() if hasattr(v, "recipe_inputs") else asdict(v) if is_dataclass(v) else v
+                 for k, v in self.extra.items()}
         return {
             "pipeline": self.pipeline,
             "targets": [t.spec for t in self.targets],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,13 @@ class MoESettings:
     @property
     def gates_follow_weights(self) -> bool:
         return self.gate_mode in GATES_FROM_WEIGHTS
+
+    def recipe_inputs(self) -> dict[str, Any]:
+        """What defines the MoE being searched (part of the study's identity; --save_moe is not)."""
+        return {"n_experts": self.n_experts, "base_expert": self.base_index + 1, "gate_mode": self.gate_mode,
+                "experts_per_token": self.experts_per_token,
+                "gate_seed": self.gate_seed if self.gate_mode == "random" else None,
+                "prompts": [asdict(p) for p in self.prompts] if self.gates_follow_weights else None}
 
 
 def expert_output_dir(output_dir: Path, index: int) -> Path:

@@ -139,3 +139,16 @@ def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, caps
     assert plan["gate_mode"] == "cheap_embed" and plan["experts_per_token"] == 1 and plan["experts"] == 2
     assert plan["dtype"] == "float16"  # the config's dtype when --dtype is not given
     assert plan["weights_per_expert"] == {"expert1": 5, "expert2": 2}  # layer mode, 2 layers
+
+
+def plan_of(argv, capsys):
+    run_cli(lambda a: main(MT_BENCH_MOE_2, a), argv + ["--dry_run"])
+    return __import__("json").loads(capsys.readouterr().out)
+
+
+def test_rerunning_with_save_moe_resumes_the_same_study_and_another_gate_mode_does_not(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"])
+    study = plan_of(argv, capsys)["study"]
+    assert plan_of(argv + ["--save_moe"], capsys)["study"] == study
+    assert plan_of(argv + ["--gate_seed", "1"], capsys)["study"] != study
+    assert plan_of(argv + ["--experts_per_token", "1"], capsys)["study"] != study

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.pipelines import JGLUE, MT_BENCH
+from task_vector_opt.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2, MT_BENCH_MOE_4
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -15,7 +15,8 @@ def flags(pipeline):
                    if opt.startswith("--") and opt != "--help"})
 
 
-@pytest.mark.parametrize("pipeline", [JGLUE.cli, MT_BENCH.cli], ids=lambda p: p.prog)
+@pytest.mark.parametrize("pipeline", [JGLUE.cli, MT_BENCH.cli, MT_BENCH_MOE_2.cli, MT_BENCH_MOE_4.cli],
+                         ids=lambda p: p.prog)
 def test_every_flag_is_documented_in_both_languages(pipeline):
     for flag in flags(pipeline):
         assert f"`{flag}`" in ENGLISH, f"{flag} missing from the English README"
