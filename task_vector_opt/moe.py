@@ -328,17 +328,17 @@ def make_merger(moe: InMemoryMoE, vector: dict[str, VectorEntry], groups: dict[s
         origin = live.detach().to(origin_device, copy=True)
         slots.append(Slot(key, group, live, origin.pin_memory() if pin else origin, vector[name]))
     base = expert_label(moe.base_index)
-    refresh = None
     inputs: set[str] = set()
     if settings.gate_mode == "hidden":  # the base expert's every tensor shapes the hidden states
         inputs = {s.key for s in slots if s.key.startswith(base + "/")}
     elif settings.gate_mode == "cheap_embed":  # only its input embedding matters
         embed = moe.dense.get_input_embeddings().weight
         inputs = {f"{base}/{n}" for n, p in moe.dense.named_parameters() if p is embed} & {s.key for s in slots}
-    if inputs:
-        def refresh() -> None:
-            moe.set_routers(router_vectors(settings, moe.dense, tokenizer))
-    return MoEMerger(moe, slots, refresh, inputs)
+
+    def refresh() -> None:
+        moe.set_routers(router_vectors(settings, moe.dense, tokenizer))
+
+    return MoEMerger(moe, slots, refresh if inputs else None, inputs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -524,7 +524,7 @@ def save_outputs(config, result: RunResult, ws: MoEWorkspace) -> Path:
 
 def summary_lines(config, result: RunResult) -> str:
     settings: MoESettings = config.extra["moe"]
-    lines = [f"experts saved to : " + ", ".join(str(expert_output_dir(config.output_dir, i))
+    lines = ["experts saved to : " + ", ".join(str(expert_output_dir(config.output_dir, i))
                                                  for i in range(settings.n_experts))]
     if settings.save_moe:
         lines.append(f"MoE saved to     : {config.output_dir} (mergekit_moe.yaml rebuilds it from the experts)")
@@ -560,8 +560,7 @@ def dry_run_plan(config, evaluator_line: str) -> str:
         "experts_per_token": settings.experts_per_token, "dtype": config.dtype, "optimize_mode": config.optimize_mode,
         "weights": len(ordered_groups(groups)), "weights_per_expert": per_expert, "tensors": len(groups),
         "sampler": config.sampler, "n_trials": config.n_trials,
-        "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(dense + (settings.n_experts - 1) * mlp),
-                                "task vector": gib(dense)},
+        "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(moe), "task vector": gib(dense)},
         "evaluator": evaluator_line,
         "outputs": [str(expert_output_dir(config.output_dir, i)) for i in range(settings.n_experts)]
                    + ([str(config.output_dir)] if settings.save_moe else []),

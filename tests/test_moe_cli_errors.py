@@ -90,7 +90,8 @@ def test_config_whose_expert_count_differs_from_the_targets(models, tmp_path, ca
 
 def test_hidden_gate_without_positive_prompts(models, tmp_path, capsys):
     config = write_yaml(tmp_path, {"base_model": "target_model_1", "gate_mode": "hidden", "experts": [
-        {"source_model": "target_model_1", "positive_prompts": ["数学の問題"]}, {"source_model": "target_model_2"}]})
+        {"source_model": "target_model_1", "positive_prompts": ["数学の問題"]},
+        {"source_model": "target_model_2"}]})
     fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
                "--gate_mode", "'hidden'", "expert 2")
 
