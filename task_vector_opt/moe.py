@@ -357,16 +357,20 @@ def choose_moe_placement(config, moe_bytes: int, origin_bytes: int, vector_bytes
     if config.vector_placement == "device":
         return config.device, config.device
     free, _total = torch.cuda.mem_get_info(torch.device(config.device))
-    reserve = HOST_RESERVE * moe_bytes / 2  # room for activations and the KV cache
-    if free > origin_bytes + vector_bytes + reserve:
-        placement = (config.device, config.device)
-    elif free > vector_bytes + reserve:
-        placement = ("cpu", config.device)
-    else:
-        placement = ("cpu", "cpu")
+    placement = auto_placement(free, moe_bytes, origin_bytes, vector_bytes, config.device)
     log.info("MoE placement auto: %.1f GiB free beside the MoE; originals %.1f GiB -> %s, task vector %.1f GiB -> %s",
              free / 2**30, origin_bytes / 2**30, placement[0], vector_bytes / 2**30, placement[1])
     return placement
+
+
+def auto_placement(free: int, moe_bytes: int, origin_bytes: int, vector_bytes: int, device: str) -> tuple[str, str]:
+    """The 'auto' rule, given the GPU memory left free once the MoE is built."""
+    reserve = HOST_RESERVE * moe_bytes / 2  # room for activations and the KV cache
+    if free > origin_bytes + vector_bytes + reserve:
+        return device, device
+    if free > vector_bytes + reserve:
+        return "cpu", device
+    return "cpu", "cpu"
 
 
 @dataclass

@@ -219,3 +219,18 @@ def test_search_space_holds_only_weights_that_change_the_moe(models, tmp_path, m
             "expert2/mlp.gate_proj", "expert2/mlp.up_proj", "expert2/mlp.down_proj"]
         assert len([g for g in ws.group_order if g.startswith("expert1/")]) == 12
     assert ws.n_tensors == 2 * 9 + 3 + 2 * 3  # base: all 21 tensors; expert 2: 6 MLP tensors
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("n_experts,expected", [(2, ("cuda", "cuda")), (4, ("cpu", "cuda"))])
+def test_auto_placement_for_7b_experts_on_an_80_gb_gpu(n_experts, expected):
+    """The README's table: Mistral-7B experts are 13.5 GiB, their MLPs 10.5 GiB (bfloat16)."""
+    from task_vector_opt.moe import auto_placement
+
+    dense, mlp = 13.49 * GIB, 10.5 * GIB
+    moe_bytes = dense + (n_experts - 1) * mlp
+    free = 79.1 * GIB - moe_bytes  # what an H100 80 GB reports free once the MoE is on it
+    assert auto_placement(int(free), int(moe_bytes), int(moe_bytes), int(dense), "cuda") == expected
+    assert auto_placement(int(5 * GIB), int(moe_bytes), int(moe_bytes), int(dense), "cuda") == ("cpu", "cpu")
