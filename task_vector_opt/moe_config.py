@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelSource
+from .config import ModelSource, check_model_source
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,8 @@ def check_expert_architectures(targets: list[ModelSource], cache_dir: str | None
 
 def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource]) -> MoESettings:
     """Validate the MoE flags and the YAML config against the targets; no weights are read."""
+    for source in targets:  # the common checks first: a mistyped path must not reach the hub client
+        check_model_source(source, args.allow_pickle)
     data = _read_yaml(args.moe_config) if args.moe_config else None
     n = len(targets)
     origin = f"--moe_config {args.moe_config}" if data else "no --moe_config"

@@ -153,3 +153,8 @@ def test_rerunning_with_save_moe_resumes_the_same_study_and_another_gate_mode_do
     assert plan_of(argv + ["--save_moe"], capsys)["study"] == study
     assert plan_of(argv + ["--gate_seed", "1"], capsys)["study"] != study
     assert plan_of(argv + ["--experts_per_token", "1"], capsys)["study"] != study
+
+
+def test_mistyped_target_path_is_reported_before_any_config_is_fetched(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"], tmp_path / "no" / "such-model"), capsys, "--target_model_2",
+               "such-model")
