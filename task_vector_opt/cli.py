@@ -146,6 +146,7 @@ class Pipeline:
     target_flags: list[Flag]
     evaluator_flags: list[Flag] | Callable[[], list[Flag]]  # a callable defers importing optional flag tables
     extra_groups: dict[str, list[Flag]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # overrides of shared defaults (None: "not given")
 
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=self.prog, description=self.description)
@@ -159,6 +160,7 @@ class Pipeline:
                 flag.add_to(group)
         parser.add_argument("--dry_run", action="store_true", default=False,
                             help="Validate the inputs, print the plan and exit without loading any weights.")
+        parser.set_defaults(**self.defaults)
         return parser
 
 
@@ -234,4 +236,28 @@ BENCH_FLAGS = [
          "scored at the end as the holdout.", 0.0, type=float),
     Flag("--holdout_question_file", "A second FastChat question.jsonl used as the holdout instead of "
          "--holdout_fraction (its reference answers: reference_answer/ next to it, or inline)."),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MoE scripts (task_vector_opt.moe, checked by moe_config.moe_settings_from_args).
+def moe_target_flags(max_experts: int) -> list[Flag]:
+    return [Flag(f"--target_model_{i}", f"Target of expert {i}: hub id or local dir; expert {i} is this target + "
+                 "w * (tuned - base) with its own weights" + (" (required)" if i <= 2 else " (optional)") + ".")
+            for i in range(1, max_experts + 1)]
+
+
+MOE_FLAGS = [
+    Flag("--moe_config", "mergekit-moe YAML (base_model, gate_mode, dtype, experts_per_token, experts: "
+         "[{source_model, positive_prompts, negative_prompts}]); source_model names a target as target_model_N or "
+         "by its --target_model_N value (entries naming no target are taken in order)."),
+    Flag("--gate_mode", "Routers: 'random' (seeded by --gate_seed; the original's behaviour), 'hidden' (base "
+         "expert's hidden states of each expert's prompts, recomputed every trial) or 'cheap_embed' (prompt token "
+         "embeddings). Default: the config's gate_mode (mergekit's default 'hidden'), or 'random' without "
+         "--moe_config.", choices=("random", "hidden", "cheap_embed")),
+    Flag("--experts_per_token", "Experts each token is routed to (default: the config's experts_per_token, else 2).",
+         type=int),
+    Flag("--gate_seed", "Seed of the random routers (--gate_mode random).", 42, type=int),
+    Flag("--save_moe", "Also save the MoE itself to --output_dir (loadable with AutoModelForCausalLM), with a "
+         "mergekit-moe YAML that rebuilds it from the saved experts.", action="store_true", default=False),
 ]

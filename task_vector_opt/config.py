@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class RunConfig:
     def recipe_inputs(self) -> dict[str, Any]:
         """The inputs that define the merge and the search (used in the recipe and the study name)."""
         evaluator = asdict(self.evaluator) if self.evaluator is not None else None
+        extra = {k: v.recipe_inputs() if hasattr(v, "recipe_inputs") else asdict(v) if is_dataclass(v) else v
+                 for k, v in self.extra.items()}
         return {
             "pipeline": self.pipeline,
             "targets": [t.spec for t in self.targets],
@@ -74,6 +76,7 @@ class RunConfig:
             "weight_min": self.weight_min,
             "weight_max": self.weight_max,
             "evaluator": evaluator,
+            **extra,  # pipeline-specific inputs (the MoE's settings), part of the study's identity
         }
 
 

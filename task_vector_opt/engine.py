@@ -78,6 +78,8 @@ class Workspace:
     merger: Merger
     group_order: list[str]  # the weights the sampler proposes, in a stable order
     n_tensors: int
+    # Saves the best merge (already applied); default: the live model to --output_dir. The MoE saves its experts.
+    save: Callable[[RunConfig, "RunResult", dict], Path] | None = None  # (config, result, report files)
 
 
 def prepare(config: RunConfig) -> Workspace:
@@ -174,13 +176,15 @@ def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: Run
     atomic save."""
     ws.merger.apply(result.best_weights)
     merge_recipe = recipe(config, result, ws.n_tensors)
-    side_files = {"merge_recipe.json": merge_recipe,
-                  **run_outputs(study, result.holdout, merge_recipe, ws.model, ws.merger)}  # report, card, mergekit
-    result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
-                                   side_files)
+    side_files = run_outputs(study, result.holdout, merge_recipe, ws.model, ws.merger)  # report, card, mergekit
+    if ws.save is not None:  # e.g. the MoE: each expert to <output_dir>-N, the report beside the first
+        result.output_dir = ws.save(config, result, side_files)
+    else:
+        result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
+                                       {"merge_recipe.json": merge_recipe, **side_files})
     result.n_trials, result.n_failed = finished_trials(study), len(study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-    result.files = sorted(side_files)
+    result.files = sorted(["merge_recipe.json", *side_files])
 
 
 def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int) -> dict[str, dict[str, float]]:

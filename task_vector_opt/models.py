@@ -139,6 +139,17 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_side_files(directory: Path, files: dict[str, Any]) -> None:
+    """Write each file's content as is when it is str or bytes, as JSON otherwise."""
+    for name, payload in files.items():
+        if isinstance(payload, bytes):
+            (directory / name).write_bytes(payload)
+        elif isinstance(payload, str):
+            (directory / name).write_text(payload, encoding="utf-8")
+        else:
+            write_json_atomic(directory / name, payload)
+
+
 def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files: dict[str, Any]) -> Path:
     """Save model (sharded safetensors), tokenizer, generation config and side files atomically.
 
@@ -146,12 +157,6 @@ def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files:
     with atomic_directory(output_dir, overwrite) as staging:
         model.save_pretrained(staging, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
-        for name, payload in extra_files.items():
-            if isinstance(payload, bytes):
-                (staging / name).write_bytes(payload)
-            elif isinstance(payload, str):
-                (staging / name).write_text(payload, encoding="utf-8")
-            else:
-                write_json_atomic(staging / name, payload)
+        write_side_files(staging, extra_files)
     log.info("saved the merged model to %s", output_dir)
     return output_dir

@@ -20,6 +20,10 @@ from .evaluators import Evaluator
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
 
 
+def _single_target(args: argparse.Namespace) -> list[ModelSource]:
+    return [ModelSource("--target_model", args.target_model)]
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     name: str  # goes into the default study name
@@ -27,6 +31,12 @@ class PipelineSpec:
     settings_from_args: Callable[[argparse.Namespace], Any]  # validates the evaluator flags
     make_evaluator: Callable[[Any, Path], Evaluator]  # (settings, run_dir) -> evaluator, built once per run
     describe: Callable[[Any], str]  # one line for --dry_run
+    targets_from_args: Callable[[argparse.Namespace], list[ModelSource]] = _single_target
+    # Validates pipeline-specific flags (before any model loads) -> RunConfig.extra
+    extra_from_args: Callable[[argparse.Namespace, list[ModelSource]], dict[str, Any]] | None = None
+    prepare: Callable[[Any], engine.Workspace] = engine.prepare  # loads the live model and its merger
+    plan: Callable[[Any, str], str] = engine.dry_run_plan  # the --dry_run output
+    summary: Callable[[Any, engine.RunResult], str] | None = None  # extra lines after the engine's summary
 
 
 def _jglue_settings(args):
@@ -82,12 +92,76 @@ MT_BENCH = PipelineSpec(
 )
 
 
+# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.moe).
+def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+    from .moe_config import check_expert_output_dirs, moe_settings_from_args
+
+    settings = moe_settings_from_args(args, targets)
+    if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
+        args.dtype = settings.yaml_dtype or "bfloat16"
+    check_expert_output_dirs(args.output_dir, settings.n_experts, args.overwrite_output_dir)
+    return {"moe": settings}
+
+
+def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelSource]]:
+    def targets(args: argparse.Namespace) -> list[ModelSource]:
+        from .moe_config import targets_from_args
+
+        return targets_from_args(args, max_experts)
+
+    return targets
+
+
+def _moe_prepare(config):
+    from .moe import prepare
+
+    return prepare(config)
+
+
+def _moe_plan(config, evaluator_line: str) -> str:
+    from .moe import dry_run_plan
+
+    return dry_run_plan(config, evaluator_line)
+
+
+def _moe_summary(config, result) -> str:
+    from .moe import summary_lines
+
+    return summary_lines(config, result)
+
+
+def moe_mt_bench(n_experts: int) -> PipelineSpec:
+    from .cli import MOE_FLAGS, moe_target_flags
+
+    return PipelineSpec(
+        name=f"mt_bench_moe_{n_experts}",
+        cli=Pipeline(prog=f"merge_task_vector_mt_bench_moe_{n_experts}_experts.py",
+                     description=f"Build a Mixtral-style MoE of up to {n_experts} experts in memory (expert i = "
+                                 "target_i + w_i*(tuned - base)) and find the weights that maximize an MT-Bench-style "
+                                 "bench graded by an LLM judge, with Optuna.",
+                     target_flags=moe_target_flags(n_experts), evaluator_flags=_mt_bench_flags,
+                     extra_groups={"moe": MOE_FLAGS}, defaults={"dtype": None}),
+        settings_from_args=_mt_bench_settings,
+        make_evaluator=_mt_bench_evaluator,
+        describe=MT_BENCH.describe,
+        targets_from_args=_moe_targets(n_experts),
+        extra_from_args=_moe_extra,
+        prepare=_moe_prepare,
+        plan=_moe_plan,
+        summary=_moe_summary,
+    )
+
+
+MT_BENCH_MOE_2 = moe_mt_bench(2)
+MT_BENCH_MOE_4 = moe_mt_bench(4)
+
+
 def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     args = parse_namespace(spec.cli, argv)
     engine.setup_logging(args.log_level)
-    config = validate(spec.name, args, [ModelSource("--target_model", args.target_model)], spec.settings_from_args)
+    config = validate(spec, args)
     if config.dry_run:
-        print(engine.dry_run_plan(config, spec.describe(config.evaluator)))
+        print(spec.plan(config, spec.describe(config.evaluator)))
         return
     tracker = None
     if args.wandb:
@@ -96,12 +170,14 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
         tracker = WandbTracker(config.study_name, config.recipe_inputs())
     result = None
     try:
-        result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir),
+        result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir), spec.prepare,
                             callbacks=[tracker] if tracker else [])
     finally:
         if tracker is not None:
             tracker.finish(result)
     engine.print_summary(result)
+    if spec.summary is not None and result.output_dir is not None:
+        print(spec.summary(config, result))
     if args.push_to_hub and result.output_dir is not None:
         from .hub import push_folder
 
@@ -130,3 +206,11 @@ def main_jglue() -> None:
 
 def main_mt_bench() -> None:
     run_cli(mt_bench_main)
+
+
+def main_mt_bench_moe_2() -> None:
+    run_cli(lambda argv: main(MT_BENCH_MOE_2, argv))
+
+
+def main_mt_bench_moe_4() -> None:
+    run_cli(lambda argv: main(MT_BENCH_MOE_4, argv))

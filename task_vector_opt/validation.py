@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .cli import SAMPLERS
 from .config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
@@ -19,12 +19,14 @@ from .errors import UsageError
 from .grouping import OPTIMIZE_MODES
 
 
-def validate(pipeline: str, args: argparse.Namespace, targets: list[ModelSource],
-             settings_from_args: Callable[[argparse.Namespace], Any]) -> RunConfig:
-    """All checks of one run; returns the RunConfig, or raises the first UsageError."""
-    settings = settings_from_args(args)
+def validate(spec, args: argparse.Namespace) -> RunConfig:
+    """All checks of one run of ``spec`` (a pipelines.PipelineSpec); returns the RunConfig, or raises the
+    first UsageError."""
+    settings = spec.settings_from_args(args)
     check_sharing(args)
-    config = build_config(pipeline, args, targets, settings)
+    targets = spec.targets_from_args(args)
+    extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
+    config = build_config(spec.name, args, targets, settings, extra)
     check_storage(config.storage)
     if config.finalize:
         from .search import open_storage
@@ -143,7 +145,8 @@ def check_storage(url: str) -> None:
         engine.dispose()
 
 
-def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any) -> RunConfig:
+def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
+                 extra: dict[str, Any] | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
     if args.optimize_mode not in OPTIMIZE_MODES:
         raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose all, layer or parameter")
@@ -202,6 +205,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         log_level=args.log_level,
         dry_run=args.dry_run,
         evaluator=evaluator,
+        extra=dict(extra or {}),
     )
     config.study_name = args.study_name or default_study_name(pipeline, config.recipe_inputs())
     config.run_dir = Path(args.run_dir or Path("runs") / config.study_name).expanduser()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.pipelines import JGLUE, MT_BENCH
+from task_vector_opt.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2, MT_BENCH_MOE_4
 from task_vector_opt.report import parser as report_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,8 +16,8 @@ def flags(parser):
                    if opt.startswith("--") and opt != "--help"})
 
 
-@pytest.mark.parametrize("parser", [JGLUE.cli.parser(), MT_BENCH.cli.parser(), report_parser()],
-                         ids=lambda p: p.prog)
+@pytest.mark.parametrize("parser", [JGLUE.cli.parser(), MT_BENCH.cli.parser(), MT_BENCH_MOE_2.cli.parser(),
+                                    MT_BENCH_MOE_4.cli.parser(), report_parser()], ids=lambda p: p.prog)
 def test_every_flag_is_documented_in_both_languages(parser):
     for flag in flags(parser):
         assert f"`{flag}`" in ENGLISH, f"{flag} missing from the English README"

@@ -1,0 +1,160 @@
+"""Each bad MoE input gets one line naming the flag, exit code 2, and no model is loaded."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from task_vector_opt import engine, moe
+from task_vector_opt.cli import run_cli
+from task_vector_opt.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, main
+from mini_bench import write_mini_bench
+from tiny_models import make_model, make_trio, save
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Config files are all validation reads; tiny weights keep the directories well-formed."""
+    root = tmp_path_factory.mktemp("moe_cli")
+    trio = make_trio(root, "llama")
+    return {**trio, "target2": save(make_model("llama", seed=3), None, root / "target2"),
+            "qwen": save(make_model("qwen2", seed=3), None, root / "qwen"),
+            "wide": save(make_model("llama", seed=3, hidden=64), None, root / "wide")}
+
+
+@pytest.fixture(autouse=True)
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    for module in (engine, moe):
+        monkeypatch.setattr(module, "load_model", refuse)
+        monkeypatch.setattr(module, "resolve", refuse)
+
+
+def args(models, tmp_path, *targets):
+    judge_file = write_mini_bench(tmp_path / "data")
+    flags = []
+    for index, target in enumerate(targets, start=1):
+        flags += [f"--target_model_{index}", str(target)]
+    return flags + ["--base_model", str(models["base"]), "--tuned_model", str(models["tuned"]),
+                    "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),
+                    "--bench_dir", str(tmp_path / "data"), "--bench_name", "mini", "--judge_file", str(judge_file),
+                    "--judge_cache", "none", "--judge_model_name", f"hf:{models['base']}"]
+
+
+def write_yaml(tmp_path, payload) -> str:
+    path = tmp_path / "moe.yaml"
+    path.write_text(yaml.safe_dump(payload, allow_unicode=True), encoding="utf-8")
+    return str(path)
+
+
+def fails_with(argv, capsys, flag, *fragments, spec=MT_BENCH_MOE_2):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda a: main(spec, a), argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and flag in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_fewer_than_two_experts(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"]), capsys, "--target_model_2", "at least 2 experts", "got 1")
+
+
+def test_a_gap_in_the_target_numbers(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"])
+    argv[argv.index("--target_model_2")] = "--target_model_3"
+    fails_with(argv, capsys, "--target_model_3", "--target_model_2", spec=MT_BENCH_MOE_4)
+
+
+def test_experts_of_different_architectures(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"], models["qwen"]), capsys, "--target_model_2", "qwen2",
+               "Llama or Mistral")
+
+
+def test_experts_of_different_shapes(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"], models["wide"]), capsys, "--target_model_2",
+               "hidden_size=64", "32")
+
+
+def test_config_whose_expert_count_differs_from_the_targets(models, tmp_path, capsys):
+    config = write_yaml(tmp_path, {"base_model": "target_model_1", "gate_mode": "random", "experts": [
+        {"source_model": "target_model_1"}, {"source_model": "target_model_2"}, {"source_model": "x"}]})
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
+               "--moe_config", "lists 3 experts", "2 targets")
+
+
+def test_hidden_gate_without_positive_prompts(models, tmp_path, capsys):
+    config = write_yaml(tmp_path, {"base_model": "target_model_1", "gate_mode": "hidden", "experts": [
+        {"source_model": "target_model_1", "positive_prompts": ["数学の問題"]},
+        {"source_model": "target_model_2"}]})
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
+               "--gate_mode", "'hidden'", "expert 2")
+
+
+def test_cheap_embed_gate_without_any_config(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--gate_mode", "cheap_embed"], capsys,
+               "--gate_mode", "positive_prompts", "no --moe_config")
+
+
+def test_identical_prompts_for_all_experts(models, tmp_path, capsys):
+    same = {"positive_prompts": ["こんにちは"], "negative_prompts": ["hello"]}
+    config = write_yaml(tmp_path, {"base_model": "target_model_1", "gate_mode": "hidden", "experts": [
+        {"source_model": "target_model_1", **same}, {"source_model": "target_model_2", **same}]})
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
+               "--moe_config", "identical", "could not tell them apart")
+
+
+def test_config_naming_a_model_that_is_not_a_target(models, tmp_path, capsys):
+    config = write_yaml(tmp_path, {"base_model": "target_model_1", "gate_mode": "random", "experts": [
+        {"source_model": "target_model_1"}, {"source_model": "someone/other-model"}]})
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
+               "--moe_config", "someone/other-model")
+
+
+def test_experts_per_token_above_the_expert_count(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--experts_per_token", "3"], capsys,
+               "--experts_per_token", "(2)")
+
+
+def test_expert_output_dir_not_empty(models, tmp_path, capsys):
+    (tmp_path / "out-2").mkdir()
+    (tmp_path / "out-2" / "file").write_text("x")
+    fails_with(args(models, tmp_path, models["target"], models["target2"]), capsys, "--output_dir", "out-2")
+
+
+def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, capsys):
+    """A config written for mergekit-moe (its own source paths, dtype) maps onto the targets in order."""
+    config = write_yaml(tmp_path, {"base_model": "./chatvector-1", "gate_mode": "cheap_embed", "dtype": "float16",
+                                   "experts_per_token": 1, "experts": [
+                                       {"source_model": "./chatvector-1", "positive_prompts": ["数学"]},
+                                       {"source_model": "./chatvector-2", "positive_prompts": ["小説"]}]})
+    run_cli(lambda a: main(MT_BENCH_MOE_2, a),
+            args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config, "--dry_run"])
+    out = capsys.readouterr().out
+    plan = __import__("json").loads(out)
+    assert plan["gate_mode"] == "cheap_embed" and plan["experts_per_token"] == 1 and plan["experts"] == 2
+    assert plan["dtype"] == "float16"  # the config's dtype when --dtype is not given
+    assert plan["weights_per_expert"] == {"expert1": 5, "expert2": 2}  # layer mode, 2 layers
+
+
+def plan_of(argv, capsys):
+    run_cli(lambda a: main(MT_BENCH_MOE_2, a), argv + ["--dry_run"])
+    return __import__("json").loads(capsys.readouterr().out)
+
+
+def test_rerunning_with_save_moe_resumes_the_same_study_and_another_gate_mode_does_not(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"])
+    study = plan_of(argv, capsys)["study"]
+    assert plan_of(argv + ["--save_moe"], capsys)["study"] == study
+    assert plan_of(argv + ["--gate_seed", "1"], capsys)["study"] != study
+    assert plan_of(argv + ["--experts_per_token", "1"], capsys)["study"] != study
+
+
+def test_mistyped_target_path_is_reported_before_any_config_is_fetched(models, tmp_path, capsys):
+    fails_with(args(models, tmp_path, models["target"], tmp_path / "no" / "such-model"), capsys, "--target_model_2",
+               "such-model")
