@@ -47,14 +47,14 @@ class RunConfig:
     run_dir: Path
     baseline_trials: bool
     holdout_top_k: int
-    heartbeat_interval: float
-    search_only: bool
-    finalize: bool
-    save_on_interrupt: bool
     output_dir: Path
     overwrite_output_dir: bool
     log_level: str
     dry_run: bool
+    heartbeat_interval: float = 60.0
+    search_only: bool = False  # a worker that searches and saves nothing
+    finalize: bool = False  # no search: holdout and save
+    save_on_interrupt: bool = False
     evaluator: Any = None  # the pipeline's own evaluator settings (a dataclass)
     extra: dict[str, Any] = field(default_factory=dict)
 

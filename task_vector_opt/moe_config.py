@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelSource, check_model_source
+from .config import ModelSource
+from .validation import check_model_source
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource])
 
 
 def check_expert_output_dirs(output_dir: str, n_experts: int, overwrite: bool) -> None:
-    from .config import check_output_dir
+    from .validation import check_output_dir
 
     for index in range(n_experts):
         path = expert_output_dir(Path(output_dir).expanduser(), index)

@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     p.error = error  # type: ignore[method-assign]
     args = p.parse_args(argv)
-    from .config import check_writable_dir
+    from .validation import check_writable_dir
 
     check_writable_dir("--output_dir", args.output_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

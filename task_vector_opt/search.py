@@ -267,18 +267,15 @@ def make_objective(group_names: list[str], weight_min: float, weight_max: float,
         weights = {name: trial.suggest_float(name, weight_min, weight_max) for name in group_names}
         trial.set_user_attr("worker", worker_id())  # after the proposals: a retry of this trial repeats them
         started = time.perf_counter()
+        out_of_memory = None
         try:
             value, details = score(weights, trial)
         except optuna.TrialPruned:
             log.info("trial %d pruned after %.1fs", trial.number, time.perf_counter() - started)
             raise
         except torch.OutOfMemoryError as exc:
-            reason = f"out of memory: {str(exc).splitlines()[0] if str(exc) else exc!r}"[:500]
-            del exc  # its traceback holds the trial's activations: drop it before freeing memory
-            free_accelerator_memory()
-            trial.set_user_attr("fail_reason", reason)
-            log.error("trial %d failed: %s; memory freed, the search goes on", trial.number, reason)
-            raise TrialOutOfMemory(reason) from None
+            message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+            out_of_memory = f"out of memory: {message.splitlines()[0] if message else type(exc).__name__}"[:500]
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
@@ -286,6 +283,13 @@ def make_objective(group_names: list[str], weight_min: float, weight_max: float,
                 trial.set_user_attr("stopped_study", True)
                 trial.study.stop()
             raise
+        if out_of_memory is not None:
+            # Outside the except block: the OOM and its traceback (which holds the trial's activations) are
+            # gone, and the exception raised here carries no link to them.
+            free_accelerator_memory()
+            trial.set_user_attr("fail_reason", out_of_memory)
+            log.error("trial %d failed: %s; memory freed, the search goes on", trial.number, out_of_memory)
+            raise TrialOutOfMemory(out_of_memory)
         elapsed = time.perf_counter() - started
         for key, metric in details.items():
             trial.set_user_attr(key, metric)

@@ -120,3 +120,29 @@ def test_an_unreachable_storage_is_a_usage_error_up_front(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: --storage: Optuna cannot open 'postgresql+psycopg2://u:***@127.0.0.1:1/db'")
     assert "secretpw" not in done.stderr + done.stdout
+
+
+def test_run_workers_script_runs_two_workers_on_a_journal_file_then_finalizes(tmp_path):
+    trio = make_trio(tmp_path / "models", "llama")
+    journal = tmp_path / "shared.log"
+    overrides = ["--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
+                 str(trio["tuned"]), "--dtype", "float32", "--task_search_path", str(DEMO_TASKS), "--jglue_tasks",
+                 "demo_skill", "--jglue_limit", "24", "--n_trials", "12", "--study_name", "journal-study",
+                 "--run_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "out"), "--cache_dir",
+                 str(tmp_path / "hf")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GPUS="cpu cpu", STORAGE=str(journal), LOG_DIR=str(tmp_path / "logs"),
+               PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "run_workers.sh"), "run_merge_jglue.sh", *overrides],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert done.returncode == 0, (done.stdout + done.stderr + logs)[-4000:]
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="journal-study",
+                              storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) >= 12
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both workers pulled trials
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["worker-0.log", "worker-1.log"]
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}

@@ -1,0 +1,123 @@
+"""kill -9 of a single-process run at three moments (loading, mid-trial, final save); each time, rerunning the
+same command completes the study with no completed trial lost and no half-written output."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from task_vector_opt.search import FINISHED
+from tiny_models import make_trio
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TRIALS = 5
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    # Big enough (≈ 40 MB of float32 weights) that loading and saving take a moment to kill into.
+    return make_trio(tmp_path_factory.mktemp("trio"), "llama", layers=4, hidden=512)
+
+
+def command(trio, tmp_path):
+    return [sys.executable, str(ROOT / "merge_task_vector_jglue.py"), "--target_model", str(trio["target"]),
+            "--base_model", str(trio["base"]), "--tuned_model", str(trio["tuned"]), "--dtype", "float32",
+            "--task_search_path", str(ROOT / "lm-evaluation-harness" / "demo"), "--jglue_tasks", "demo_skill",
+            "--jglue_limit", "24", "--n_trials", str(N_TRIALS), "--optimize_mode", "layer",
+            "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run")]
+
+
+def study_of(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    names = optuna.get_all_study_names(storage) if (tmp_path / "run" / "study.db").exists() else []
+    return optuna.load_study(study_name=names[0], storage=storage) if names else None
+
+
+def kill_when(cmd, tmp_path, ready, timeout=300):
+    """Start the run, SIGKILL it as soon as ``ready(log_text)`` is true; return the log."""
+    log_path = tmp_path / f"killed-{time.time_ns()}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline and process.poll() is None:
+                if ready(log_path.read_text(errors="replace")):
+                    process.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.005)
+            exited_by_itself = process.poll() is not None and process.returncode != -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    text = log_path.read_text(errors="replace")
+    assert not exited_by_itself, text[-3000:]
+    assert process.returncode == -signal.SIGKILL
+    return text
+
+
+def rerun_and_check(cmd, tmp_path, completed_before):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = study_of(tmp_path)
+    finished = {t.number: t for t in study.get_trials(states=FINISHED)}
+    assert len(finished) == N_TRIALS
+    for trial in completed_before:  # nothing completed was lost or changed
+        assert finished[trial.number].value == trial.value and finished[trial.number].params == trial.params
+    assert not list(tmp_path.glob(".out.partial-*"))  # no half-written output left
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size > 30_000_000
+    return study
+
+
+def test_kill_during_loading(trio, tmp_path):
+    cmd = command(trio, tmp_path)
+    kill_when(cmd, tmp_path, lambda log: "lm-eval tasks ready" in log)  # next: the models load
+    study = study_of(tmp_path)
+    assert study is None or not study.get_trials(states=FINISHED)
+    assert not (tmp_path / "out").exists()
+    rerun_and_check(cmd, tmp_path, [])
+
+
+def test_kill_mid_trial(trio, tmp_path):
+    cmd = command(trio, tmp_path)
+    state = {}
+
+    def mid_trial(log):
+        if "loaded in" not in log:
+            return False
+        study = study_of(tmp_path)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []
+        if study and len(study.get_trials(deepcopy=False, states=FINISHED)) >= 2 and running and \
+                running[0].user_attrs.get("worker"):
+            state["running"] = running[0].number
+            return True
+        return False
+
+    kill_when(cmd, tmp_path, mid_trial)
+    before = study_of(tmp_path).get_trials(states=FINISHED)
+    assert 2 <= len(before) < N_TRIALS and not (tmp_path / "out").exists()
+    study = rerun_and_check(cmd, tmp_path, before)
+    trials = study.get_trials(deepcopy=False)
+    killed = trials[state["running"]]
+    assert killed.state == TrialState.FAIL and "died mid-trial" in killed.user_attrs["fail_reason"]
+    retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
+
+
+def test_kill_during_the_final_save(trio, tmp_path):
+    cmd = command(trio, tmp_path)
+    kill_when(cmd, tmp_path, lambda log: bool(list(tmp_path.glob(".out.partial-*/*.safetensors"))))
+    assert not (tmp_path / "out").exists()  # the half-written model never took the output's name
+    assert list(tmp_path.glob(".out.partial-*"))  # it was killed mid-save indeed
+    before = study_of(tmp_path).get_trials(states=FINISHED)
+    assert len(before) == N_TRIALS
+    rerun_and_check(cmd, tmp_path, before)
