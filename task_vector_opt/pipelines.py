@@ -99,7 +99,8 @@ def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str
     settings = moe_settings_from_args(args, targets)
     if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
         args.dtype = settings.yaml_dtype or "bfloat16"
-    check_expert_output_dirs(args.output_dir, settings.n_experts, args.overwrite_output_dir)
+    if not args.search_only:  # a search-only worker saves no expert
+        check_expert_output_dirs(args.output_dir, settings.n_experts, args.overwrite_output_dir)
     return {"moe": settings}
 
 
