@@ -144,8 +144,9 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: s
 
     Only the process that creates the study enqueues the baselines (when ``baseline_groups`` is given):
     the storage lets exactly one create a name, so workers starting together enqueue them once.
-    A resumed study gets the seed shifted by its trial count: the same seed would replay the same
-    proposals that the interrupted run already evaluated. A fresh study with one seed is reproducible.
+    A resumed or joined study gets the seed shifted by its trial count and the process id: the same seed
+    would replay the proposals the interrupted run already evaluated, or those of a worker that joined at the
+    same moment. A fresh study with one seed is reproducible.
     """
     pruner = pruner or optuna.pruners.NopPruner()
     try:
@@ -153,8 +154,9 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: s
                                     sampler=make_sampler(sampler, seed), pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         existing = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+        # + pid: workers joining at the same moment see the same trial count and would propose the same weights
         return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
-                                 sampler=make_sampler(sampler, seed + existing))
+                                 sampler=make_sampler(sampler, seed + existing + os.getpid()))
     if baseline_groups:
         enqueue_baselines(study, baseline_groups)
     return study
