@@ -50,8 +50,15 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> str:
-    script = f"merge_task_vector_{inputs.get('pipeline', 'jglue')}.py"
-    parts = [f"python {script}", f"--target_model {(inputs.get('targets') or ['TARGET'])[0]}",
+    pipeline = inputs.get("pipeline", "jglue")
+    targets = inputs.get("targets") or ["TARGET"]
+    if pipeline.startswith("mt_bench_moe_"):  # merge_task_vector_mt_bench_moe_N_experts.py, --target_model_i
+        script = f"merge_task_vector_{pipeline}_experts.py"
+        target_flags = [f"--target_model_{i} {t}" for i, t in enumerate(targets, 1)]
+    else:
+        script = f"merge_task_vector_{pipeline}.py"
+        target_flags = [f"--target_model {targets[0]}"]
+    parts = [f"python {script}", *target_flags,
              f"--base_model {inputs.get('base_model')}", f"--tuned_model {inputs.get('tuned_model')}",
              f"--optimize_mode {inputs.get('optimize_mode')}", f"--optuna_sampler {inputs.get('optuna_sampler')}",
              f"--optuna_seed {inputs.get('optuna_seed')}", f"--weight_min {inputs.get('weight_min')}",
@@ -59,6 +66,7 @@ def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> 
              f"--study_name {study_name}", f"--storage {storage}"]
     if inputs.get("skip_embed"):
         parts.append("--skip_embed")
+    parts.append("--finalize")
     return " \\\n    ".join(parts)
 
 
@@ -119,8 +127,9 @@ The interactive report (history, weights, parameter importances, parallel coordi
 
 ## How to reproduce
 
-- **With task_vector_opt**: rerunning the search command with the same study resumes the finished study and
-  saves this merge again (add the same evaluator flags; they are recorded in `merge_recipe.json`):
+- **With task_vector_opt**: with `--finalize`, the search command saves the best merge of the stored study
+  again without searching (add the same evaluator flags for the holdout; they are recorded in
+  `merge_recipe.json`):
 
   ```bash
   {reproduce_command(inputs, study.get('name', view.name), study.get('storage', 'STORAGE'))}
