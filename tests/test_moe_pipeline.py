@@ -71,6 +71,8 @@ def test_two_experts_through_the_launcher_with_its_example_config(setup, tmp_pat
         assert type(model).__name__ == "MistralForCausalLM"
     assert not (tmp_path / "moe").exists()  # the MoE itself only with --save_moe
     assert "experts saved to" in done.stdout
+    # The run's report goes beside expert 1 when the MoE itself is not saved.
+    assert {"report.html", "optimization_history.png", "README.md"} <= {p.name for p in (tmp_path / "moe-1").iterdir()}
 
 
 def test_four_experts_through_the_script_save_the_experts_and_the_moe(setup, tmp_path):
@@ -86,3 +88,4 @@ def test_four_experts_through_the_script_save_the_experts_and_the_moe(setup, tmp
     moe = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", dtype=torch.float32)
     assert type(moe).__name__ == "MixtralForCausalLM" and moe.config.num_local_experts == 4
     assert "target_model" not in (tmp_path / "moe" / "mergekit_moe.yaml").read_text()
+    assert (tmp_path / "moe" / "report.html").is_file()  # the report goes beside the MoE
