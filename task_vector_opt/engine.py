@@ -48,7 +48,9 @@ class RunResult:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the engine logs each trial itself, with its timing
+    # The engine logs each trial itself (score, timing, the reason a trial failed); Optuna's own per-trial
+    # warnings would repeat those with a traceback, also for a Ctrl-C.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def choose_store_device(config: RunConfig, model_bytes: int) -> str:

@@ -121,3 +121,36 @@ def test_kill_during_the_final_save(trio, tmp_path):
     before = study_of(tmp_path).get_trials(states=FINISHED)
     assert len(before) == N_TRIALS
     rerun_and_check(cmd, tmp_path, before)
+
+
+def interrupt_after_two_trials(cmd, tmp_path):
+    """Send Ctrl-C (SIGINT) once two trials have finished; return the finished process."""
+    log_path = tmp_path / f"interrupted-{time.time_ns()}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            study = study_of(tmp_path) if "loaded in" in log_path.read_text(errors="replace") else None
+            if study and len(study.get_trials(deepcopy=False, states=FINISHED)) >= 2:
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.02)
+        process.wait(timeout=300)
+    return process.returncode, log_path.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("save", [False, True], ids=["plain", "save_on_interrupt"])
+def test_ctrl_c_exits_cleanly_and_saves_only_when_asked(trio, tmp_path, save):
+    cmd = command(trio, tmp_path) + ["--n_trials", "50"] + (["--save_on_interrupt"] if save else [])
+    code, log = interrupt_after_two_trials(cmd, tmp_path)
+    assert code == 130, log[-3000:]
+    assert "Traceback" not in log and "completed trials are kept" in log
+    study = study_of(tmp_path)
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    assert 2 <= len(completed) < 50
+    assert not list(tmp_path.glob(".out.partial-*"))
+    if save:
+        recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+        assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}
+    else:
+        assert not (tmp_path / "out").exists()
