@@ -975,46 +975,39 @@ def _open_cache(spec: JudgeSpec) -> JudgmentCache | None:
                          f"({type(exc).__name__}: {exc}); delete it, give another path, or pass 'none'")
 
 
+def _api_key(spec: JudgeSpec, variable: str, fallback: str | None = None) -> str:
+    """The judge's key from the environment (never from a flag, never logged)."""
+    key = os.environ.get(variable) or fallback
+    if not key:
+        raise UsageError("--judge_model_name", f"the judge {spec.name} needs the {variable} environment variable, "
+                                               "which is not set")
+    return key
+
+
 def make_judge(spec: JudgeSpec) -> Judge:
     """Build the judge for ``spec``: its SDK client (keys from the environment) or its model, once."""
     if spec.backend not in BACKENDS:
         raise UsageError("--judge_backend", f"{spec.backend!r} is not one of {', '.join(BACKENDS)}")
     cache = _open_cache(spec)
+    common = {"timeout": spec.timeout_s, "max_retries": spec.max_retries}  # the SDKs' own retry with backoff
     try:
         if spec.backend in ("openai", "openai-compatible"):
             import openai
 
-            key = os.environ.get("OPENAI_API_KEY") or (DUMMY_KEY if spec.backend == "openai-compatible" else None)
-            if not key:
-                raise UsageError("--judge_model_name", f"the judge {spec.name} needs the OPENAI_API_KEY "
-                                 "environment variable, which is not set")
-            client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=spec.timeout_s,
-                                   max_retries=spec.max_retries)
-            del key
-            return OpenAIJudge(spec, cache, client)
+            fallback = DUMMY_KEY if spec.backend == "openai-compatible" else None
+            return OpenAIJudge(spec, cache, openai.OpenAI(api_key=_api_key(spec, "OPENAI_API_KEY", fallback),
+                                                          base_url=spec.base_url, **common))
         if spec.backend == "azure":
             import openai
 
-            key = os.environ.get("AZURE_OPENAI_API_KEY")
-            if not key:
-                raise UsageError("--judge_model_name", f"the judge {spec.name} needs the AZURE_OPENAI_API_KEY "
-                                 "environment variable, which is not set")
-            client = openai.AzureOpenAI(api_key=key, azure_endpoint=spec.base_url, azure_deployment=spec.model,
-                                        api_version=spec.api_version, timeout=spec.timeout_s,
-                                        max_retries=spec.max_retries)
-            del key
-            return OpenAIJudge(spec, cache, client)
+            return OpenAIJudge(spec, cache, openai.AzureOpenAI(
+                api_key=_api_key(spec, "AZURE_OPENAI_API_KEY"), azure_endpoint=spec.base_url,
+                azure_deployment=spec.model, api_version=spec.api_version, **common))
         if spec.backend == "anthropic":
             import anthropic
 
-            key = os.environ.get("ANTHROPIC_API_KEY")
-            if not key:
-                raise UsageError("--judge_model_name", f"the judge {spec.name} needs the ANTHROPIC_API_KEY "
-                                 "environment variable, which is not set")
-            client = anthropic.Anthropic(api_key=key, base_url=spec.base_url, timeout=spec.timeout_s,
-                                         max_retries=spec.max_retries)
-            del key
-            return AnthropicJudge(spec, cache, client)
+            return AnthropicJudge(spec, cache, anthropic.Anthropic(api_key=_api_key(spec, "ANTHROPIC_API_KEY"),
+                                                                   base_url=spec.base_url, **common))
         return HFJudge(spec, cache)
     except BaseException:
         if cache is not None:
