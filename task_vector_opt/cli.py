@@ -100,7 +100,7 @@ OUTPUT_FLAGS = [
     Flag("--log_level", "Logging level.", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 ]
 
-# Sharing and tracking (task_vector_opt.hub, task_vector_opt.tracking); checked by pipelines.check_sharing.
+# Sharing and tracking (task_vector_opt.hub, task_vector_opt.tracking); checked by validation.check_sharing.
 SHARING_FLAGS = [
     Flag("--push_to_hub", "Upload the saved model directory (weights, tokenizer, model card README.md, report) to "
          "this Hugging Face repo id at the end, e.g. your-name/my-merge (needs a token: `hf auth login` or HF_TOKEN).",
