@@ -269,6 +269,7 @@ class MoEMerger:
         self.router_inputs = router_inputs  # slot keys whose change moves the routers
         self.current = {slot.key: 0.0 for slot in slots}  # the live MoE starts from the unmodified targets
         self.router_refreshes = 0
+        self.routers_stale = False  # a router input changed and the routers were not recomputed yet
 
     @property
     def groups(self) -> dict[str, str]:
@@ -295,9 +296,12 @@ class MoEMerger:
                 slot.live.add_(delta.to(slot.live.device, non_blocking=True), alpha=w)
             self.current[slot.key] = w
             written.append(slot.key)
-        if self.refresh_routers is not None and self.router_inputs.intersection(written):
+            if slot.key in self.router_inputs:  # stays set if a later write fails: the next apply refreshes
+                self.routers_stale = True
+        if self.refresh_routers is not None and self.routers_stale:
             self.refresh_routers()
             self.router_refreshes += 1
+            self.routers_stale = False
         return len(written)
 
     def stored_bytes(self) -> int:

@@ -234,3 +234,21 @@ def test_auto_placement_for_7b_experts_on_an_80_gb_gpu(n_experts, expected):
     free = 79.1 * GIB - moe_bytes  # what an H100 80 GB reports free once the MoE is on it
     assert auto_placement(int(free), int(moe_bytes), int(moe_bytes), int(dense), "cuda") == expected
     assert auto_placement(int(5 * GIB), int(moe_bytes), int(moe_bytes), int(dense), "cuda") == ("cpu", "cpu")
+
+
+def test_a_write_that_fails_mid_trial_leaves_the_routers_to_be_refreshed_by_the_next_apply(models, tmp_path):
+    ws = prepare(run_config(models, tmp_path / "a", n_experts=2, gate_mode="hidden"))
+    fresh = prepare(run_config(models, tmp_path / "b", n_experts=2, gate_mode="hidden"))
+    weights = spread_weights(ws.group_order)
+    base_slot = next(i for i, s in enumerate(ws.merger.slots) if s.key.startswith("expert1/model.layers.0."))
+    last = ws.merger.slots[-1]
+    good_origin = last.origin
+    last.origin = torch.zeros(7, 5, 3)  # the last write fails (shapes do not broadcast), after base-expert writes
+    with pytest.raises(RuntimeError):
+        ws.merger.apply(weights)
+    assert ws.merger.current[ws.merger.slots[base_slot].key] != 0.0  # a router input was rewritten ...
+    last.origin = good_origin
+    ws.merger.apply(weights)  # ... so this apply recomputes the routers although those writes are done
+    fresh.merger.apply(weights)
+    live, reference = ws.model.state_dict(), fresh.model.state_dict()
+    assert all(torch.equal(live[k], reference[k]) for k in live)
