@@ -164,15 +164,18 @@ class Pipeline:
         return parser
 
 
-def parse_namespace(pipeline: Pipeline, argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_one_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """argparse with its own errors turned into UsageError (one line, exit 2)."""
-    parser = pipeline.parser()
 
     def error(message: str) -> None:  # argparse's default prints usage; we print one line
         raise UsageError(None, f"{message} (see --help)")
 
     parser.error = error  # type: ignore[method-assign]
     return parser.parse_args(argv)
+
+
+def parse_namespace(pipeline: Pipeline, argv: Sequence[str] | None) -> argparse.Namespace:
+    return parse_one_line(pipeline.parser(), argv)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:

@@ -140,14 +140,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def write_side_files(directory: Path, files: dict[str, Any]) -> None:
-    """Write each file's content as is when it is str or bytes, as JSON otherwise."""
+    """Write each file's content as is when it is str or bytes, as JSON otherwise; each under a temporary
+    name, then renamed, so a reader never sees half a file."""
     for name, payload in files.items():
-        if isinstance(payload, bytes):
-            (directory / name).write_bytes(payload)
-        elif isinstance(payload, str):
-            (directory / name).write_text(payload, encoding="utf-8")
-        else:
+        if not isinstance(payload, (str, bytes)):
             write_json_atomic(directory / name, payload)
+            continue
+        tmp = directory / f".{name}.tmp-{os.getpid()}"
+        if isinstance(payload, bytes):
+            tmp.write_bytes(payload)
+        else:
+            tmp.write_text(payload, encoding="utf-8")
+        os.replace(tmp, directory / name)
 
 
 def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files: dict[str, Any]) -> Path:

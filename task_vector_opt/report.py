@@ -11,7 +11,6 @@ import html
 import io
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import UsageError
+from .models import write_side_files
 
 log = logging.getLogger(__name__)
 
@@ -294,18 +294,6 @@ def report_files(study: optuna.Study) -> dict[str, str | bytes]:
     return {REPORT_HTML: render_html(study, view), HISTORY_PNG: history_png(view), WEIGHTS_PNG: weights_png(view)}
 
 
-def write_files(directory: Path, files: dict[str, str | bytes]) -> None:
-    """Each file written under a temporary name and renamed, so a reader never sees half a file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        tmp = directory / f".{name}.tmp-{os.getpid()}"
-        if isinstance(content, bytes):
-            tmp.write_bytes(content)
-        else:
-            tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, directory / name)
-
-
 # ------------------------------------------------------------------------------------------------ command
 
 def load_finished_study(storage_url: str, study_name: str | None) -> optuna.Study:
@@ -342,20 +330,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = parser()
-
-    def error(message: str) -> None:
-        raise UsageError(None, f"{message} (see --help)")
-
-    p.error = error  # type: ignore[method-assign]
-    args = p.parse_args(argv)
+    from .cli import parse_one_line
     from .validation import check_writable_dir
+
+    args = parse_one_line(parser(), argv)
 
     check_writable_dir("--output_dir", args.output_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_finished_study(args.storage, args.study_name)
     out = Path(args.output_dir).expanduser()
-    write_files(out, report_files(study))
+    out.mkdir(parents=True, exist_ok=True)
+    write_side_files(out, report_files(study))
     print(f"report written to {out / REPORT_HTML} (plots: {HISTORY_PNG}, {WEIGHTS_PNG})")
 
 

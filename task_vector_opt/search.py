@@ -99,6 +99,11 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def is_journal(url: str) -> bool:
+    """A journal file (Optuna's file-based storage for shared filesystems), not a database URL."""
+    return url.endswith((".log", ".journal")) or url.startswith("journal:")
+
+
 def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
     """Open (and create if needed) the study storage; fail with one line if Optuna cannot.
 
@@ -108,7 +113,7 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
     for any storage) ``recover_dead_workers`` does the same for workers on this host.
     """
     try:
-        if url.endswith((".log", ".journal")) or url.startswith("journal:"):
+        if is_journal(url):
             path = Path(url.removeprefix("journal:")).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             from optuna.storages.journal import JournalFileBackend
@@ -153,10 +158,11 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: s
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     sampler=make_sampler(sampler, seed), pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
-        existing = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+        existing = len(study.get_trials(deepcopy=False))
         # + pid: workers joining at the same moment see the same trial count and would propose the same weights
-        return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
-                                 sampler=make_sampler(sampler, seed + existing + os.getpid()))
+        study.sampler = make_sampler(sampler, seed + existing + os.getpid())
+        return study
     if baseline_groups:
         enqueue_baselines(study, baseline_groups)
     return study

@@ -27,11 +27,7 @@ def validate(spec, args: argparse.Namespace) -> RunConfig:
     targets = spec.targets_from_args(args)
     extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(spec.name, args, targets, settings, extra)
-    check_storage(config.storage)
-    if config.finalize:
-        from .search import open_storage
-
-        check_finalizable(open_storage(config.storage), config.study_name)
+    check_storage(config.storage, config.study_name if config.finalize else None)
     return config
 
 
@@ -131,18 +127,23 @@ def check_sharing(args: argparse.Namespace) -> None:
     check_wandb(args.wandb)
 
 
-def check_storage(url: str) -> None:
-    """The storage must be reachable now, not after the models have loaded."""
-    from .search import open_storage
+def check_storage(url: str, finalize_study: str | None = None) -> None:
+    """The storage must be reachable now, not after the models have loaded; with --finalize it must hold
+    ``finalize_study`` with a completed trial."""
+    from .search import is_journal, open_storage
 
-    if url.startswith("sqlite:///") or url.endswith((".log", ".journal")) or url.startswith("journal:"):
+    if finalize_study is None and (url.startswith("sqlite:///") or is_journal(url)):
         path = url.removeprefix("sqlite:///").removeprefix("journal:")
         check_writable_dir("--storage", str(Path(path).expanduser().parent))
         return
-    storage = open_storage(url)  # a server URL: connects (and creates Optuna's tables), or raises UsageError
-    engine = getattr(storage, "engine", None)
-    if engine is not None:
-        engine.dispose()
+    storage = open_storage(url)  # connects (and creates Optuna's tables), or raises UsageError
+    try:
+        if finalize_study is not None:
+            check_finalizable(storage, finalize_study)
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,

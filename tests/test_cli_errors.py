@@ -9,6 +9,7 @@ import pytest
 from task_vector_opt import engine
 from task_vector_opt.cli import run_cli
 from task_vector_opt.pipelines import jglue_main
+from cli_checks import expect_usage_error, refuse_model_loads
 from tiny_models import make_trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,11 +22,7 @@ def trio(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(engine, "load_model", refuse)
-    monkeypatch.setattr(engine, "resolve", refuse)
+    refuse_model_loads(monkeypatch, engine)
 
 
 def base_args(trio, tmp_path):
@@ -34,15 +31,7 @@ def base_args(trio, tmp_path):
 
 
 def fails_with(argv, capsys, flag, *fragments):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(jglue_main, argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and flag in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
+    return expect_usage_error(jglue_main, argv, capsys, flag, *fragments)
 
 
 def test_weight_min_not_below_weight_max(trio, tmp_path, capsys):

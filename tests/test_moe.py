@@ -11,7 +11,7 @@ from task_vector_opt.engine import RunResult
 from task_vector_opt.moe import prepare, random_router_vectors, hidden_router_vectors, save_outputs
 from task_vector_opt.moe_config import ExpertPrompts, MoESettings
 from task_vector_opt.moe_disk import compose_moe_on_disk
-from tiny_models import make_model, make_tokenizer, make_trio, save
+from tiny_models import make_moe_models, make_tokenizer
 
 VOCAB = 272  # the tiny tokenizer has 257 tokens
 PROMPTS = [ExpertPrompts(["Write a short poem about spring."], ["3+4="]),
@@ -23,12 +23,7 @@ PROMPTS = [ExpertPrompts(["Write a short poem about spring."], ["3+4="]),
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """base/tuned/target 1 from make_trio, and three more targets of the same shape with their own weights."""
-    root = tmp_path_factory.mktemp("moe_models")
-    tokenizer = make_tokenizer()
-    trio = make_trio(root, "llama", tokenizer=tokenizer, vocab_size=VOCAB)
-    targets = [trio["target"]] + [save(make_model("llama", VOCAB, seed=10 + i), tokenizer, root / f"target{i + 2}")
-                                  for i in range(3)]
-    return {"base": trio["base"], "tuned": trio["tuned"], "targets": targets}
+    return make_moe_models(tmp_path_factory.mktemp("moe_models"), "llama", VOCAB, seed=10)
 
 
 def run_config(models, tmp_path, n_experts=2, gate_mode="random", mode="layer", base_index=0) -> RunConfig:

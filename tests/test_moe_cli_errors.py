@@ -7,6 +7,7 @@ import yaml
 from task_vector_opt import engine, moe
 from task_vector_opt.cli import run_cli
 from task_vector_opt.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, main
+from cli_checks import expect_usage_error, refuse_model_loads
 from mini_bench import write_mini_bench
 from tiny_models import make_model, make_trio, save
 
@@ -25,12 +26,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    for module in (engine, moe):
-        monkeypatch.setattr(module, "load_model", refuse)
-        monkeypatch.setattr(module, "resolve", refuse)
+    refuse_model_loads(monkeypatch, engine, moe)
 
 
 def args(models, tmp_path, *targets):
@@ -51,14 +47,7 @@ def write_yaml(tmp_path, payload) -> str:
 
 
 def fails_with(argv, capsys, flag, *fragments, spec=MT_BENCH_MOE_2):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda a: main(spec, a), argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and flag in err, err
-    for fragment in fragments:
-        assert fragment in err, err
+    return expect_usage_error(lambda a: main(spec, a), argv, capsys, flag, *fragments)
 
 
 def test_fewer_than_two_experts(models, tmp_path, capsys):

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from task_vector_opt.demo.smollm2 import prepare_smollm2
 from task_vector_opt.search import FINISHED
 from mini_bench import write_mini_bench
-from tiny_models import make_model, make_tokenizer, make_trio, save
+from tiny_models import make_moe_models
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 272  # the tiny tokenizer has 257 tokens
@@ -23,13 +23,10 @@ VOCAB = 272  # the tiny tokenizer has 257 tokens
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe_e2e")
-    tokenizer = make_tokenizer()
-    trio = make_trio(root, "mistral", tokenizer=tokenizer, vocab_size=VOCAB)
-    targets = [trio["target"]] + [save(make_model("mistral", VOCAB, seed=20 + i), tokenizer, root / f"t{i + 2}")
-                                  for i in range(3)]
+    models = make_moe_models(root, "mistral", VOCAB, seed=20)
     judge = prepare_smollm2(Path(os.environ.get("TVO_CACHE") or ROOT / ".cache" / "demo"))
     write_mini_bench(root / "data")
-    return {**trio, "targets": targets, "judge": judge, "data": root / "data"}
+    return {**models, "judge": judge, "data": root / "data"}
 
 
 def common_flags(setup, tmp_path, n_experts):

@@ -11,7 +11,8 @@ import pytest
 
 from finished_study import make_finished_study
 from task_vector_opt.model_card import metadata, render_model_card
-from task_vector_opt.report import report_files, study_view, write_files
+from task_vector_opt.models import write_side_files
+from task_vector_opt.report import report_files, study_view
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOT_TITLES = ("Optimization history", "Best weights by layer / parameter", "Parameter importances",
@@ -31,7 +32,7 @@ def study(storage_url):
 @pytest.fixture(scope="module")
 def report_dir(study, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    write_files(out, report_files(study))
+    write_side_files(out, report_files(study))
     return out
 
 
@@ -106,7 +107,6 @@ def test_report_command_on_a_missing_database_creates_nothing(tmp_path):
 
 
 def test_model_card_metadata_names_hub_sources_as_a_merge():
-    from huggingface_hub import ModelCard
     from huggingface_hub.utils import validate_repo_id
 
     meta = metadata({"targets": ["org/target-7b"], "base_model": "org/base-7b", "tuned_model": "org/tuned-7b",

@@ -82,3 +82,12 @@ def make_trio(root: Path, arch: str = "llama", tied: bool = False, vocab_size: i
                 param.add_(torch.randn_like(param) * 0.01)
         out[role] = save(model, tokenizer, root / role)
     return out
+
+
+def make_moe_models(root: Path, arch: str, vocab_size: int, seed: int = 10) -> dict:
+    """make_trio's base / tuned / target plus three more targets of the same shape (4 experts' targets), one
+    tokenizer for all."""
+    tokenizer = make_tokenizer()
+    trio = make_trio(root, arch, tokenizer=tokenizer, vocab_size=vocab_size)
+    more = [save(make_model(arch, vocab_size, seed=seed + i), tokenizer, root / f"target{i + 2}") for i in range(3)]
+    return {**trio, "targets": [trio["target"], *more]}
