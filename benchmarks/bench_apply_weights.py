@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from task_vector_opt.grouping import group_names, ordered_groups  # noqa: E402
-from task_vector_opt.merger import Merger  # noqa: E402
-from task_vector_opt.task_vector import VectorEntry  # noqa: E402
+from task_vector_opt.merging.grouping import group_names, ordered_groups  # noqa: E402
+from task_vector_opt.merging.merger import Merger  # noqa: E402
+from task_vector_opt.merging.task_vector import VectorEntry  # noqa: E402
 
 ARCHS = {
     # Qwen2-0.5B's shapes (494M parameters, tied embeddings).

@@ -4,7 +4,7 @@
 
 Answers every turn of the example bench (FastChat/fastchat/llm_judge/data/example: 10 Japanese
 two-turn questions) plus 6 fixed extra questions below (16 questions, 32 answer turns) twice with
-task_vector_opt.generation.AnswerGenerator: ``generate`` (left-padded batches, longest prompt first)
+task_vector_opt.evaluation.generation.AnswerGenerator: ``generate`` (left-padded batches, longest prompt first)
 and ``generate_sequential`` (one question at a time, no padding, as FastChat's gen_model_answer),
 interleaved chunk by chunk (batch_size questions each) so other load on the machine hits both alike.
 Prints the settings, both times, the speed-up and whether every answer is identical.
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from task_vector_opt.bench import DEFAULT_BENCH_DIR, DEFAULT_JUDGE_FILE, Question, check_bench  # noqa: E402
+from task_vector_opt.evaluation.bench import DEFAULT_BENCH_DIR, DEFAULT_JUDGE_FILE, Question, check_bench  # noqa: E402
 
 EXTRA = [
     Question("x1", "writing", ["春の訪れを感じる瞬間について、短いエッセイを書いてください。",
@@ -52,7 +52,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from task_vector_opt.demo.smollm2 import prepare_smollm2
-    from task_vector_opt.generation import AnswerGenerator
+    from task_vector_opt.evaluation.generation import AnswerGenerator
 
     hf_logging.disable_progress_bar()
     if args.threads:

@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from task_vector_opt.config import ModelSource, RunConfig  # noqa: E402
-from task_vector_opt.moe import prepare, random_router_vectors  # noqa: E402
-from task_vector_opt.moe_config import ExpertPrompts, MoESettings  # noqa: E402
-from task_vector_opt.moe_disk import checkpoint_bytes, compose_moe_on_disk  # noqa: E402
+from task_vector_opt.cli.config import ModelSource, RunConfig  # noqa: E402
+from task_vector_opt.merging.moe.model import prepare, random_router_vectors  # noqa: E402
+from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings  # noqa: E402
+from task_vector_opt.merging.moe.on_disk import checkpoint_bytes, compose_moe_on_disk  # noqa: E402
 
 SIZES = {
     # About 175M parameters per expert (32k vocabulary, untied lm_head); a 4-expert MoE has about 440M.

@@ -14,16 +14,16 @@ from typing import Any, Callable, Sequence
 import optuna
 import torch
 
-from . import __version__
-from .config import RunConfig
-from .evaluators import Evaluator
-from .grouping import group_names, ordered_groups
-from .merger import Merger
-from .models import DTYPES, load_model, resolve, save_model
-from .outputs import run_outputs
-from .search import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
+from task_vector_opt import __version__
+from task_vector_opt.cli.config import RunConfig
+from task_vector_opt.evaluation.protocol import Evaluator
+from task_vector_opt.merging.grouping import group_names, ordered_groups
+from task_vector_opt.merging.merger import Merger
+from task_vector_opt.merging.models import DTYPES, load_model, resolve, save_model
+from task_vector_opt.outputs.side_files import run_outputs
+from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
-from .task_vector import build_task_vector
+from task_vector_opt.merging.task_vector import build_task_vector
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Shared checks of the bad-input tests: no model may load, and the error is one line with exit code 2."""
 import pytest
 
-from task_vector_opt.cli import run_cli
+from task_vector_opt.cli.flags import run_cli
 
 
 def refuse_model_loads(monkeypatch, *modules) -> None:

@@ -6,7 +6,7 @@ import math
 
 import optuna
 
-from task_vector_opt.search import enqueue_baselines, make_objective, open_storage, open_study
+from task_vector_opt.search.study import enqueue_baselines, make_objective, open_storage, open_study
 
 LAYERS = [f"layer_{i:02d}" for i in range(6)] + ["norm"]
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.bench import (
+from task_vector_opt.evaluation.bench import (
     BenchSettings, Question, bench_settings_from_args, check_bench, judge_prompt_for, load_bench,
     load_judge_prompts, load_questions, load_reference_answers, need_ref_categories, render_judge_prompt,
     split_holdout, temperature_table,
 )
-from task_vector_opt.cli import BENCH_FLAGS
+from task_vector_opt.cli.flags import BENCH_FLAGS
 from task_vector_opt.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

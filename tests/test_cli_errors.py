@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from task_vector_opt import engine
-from task_vector_opt.cli import run_cli
-from task_vector_opt.pipelines import jglue_main
+from task_vector_opt.cli.flags import run_cli
+from task_vector_opt.cli.pipelines import jglue_main
 from cli_checks import expect_usage_error, refuse_model_loads
 from tiny_models import make_trio
 
@@ -133,7 +133,7 @@ def test_the_launcher_reports_bad_input_quickly_with_exit_code_2(trio, tmp_path)
 
 
 def mt_fails_with(argv, capsys, flag, *fragments):
-    from task_vector_opt.pipelines import mt_bench_main
+    from task_vector_opt.cli.pipelines import mt_bench_main
 
     with pytest.raises(SystemExit) as exit_info:
         run_cli(mt_bench_main, argv)

@@ -12,7 +12,7 @@ sys.path[:0] = [{root!r}, {tests!r}]
 import optuna
 from tqdm.auto import tqdm
 from finished_study import LAYERS, synthetic_score
-from task_vector_opt.search import make_objective, open_storage, open_study, run_search
+from task_vector_opt.search.study import make_objective, open_storage, open_study, run_search
 logging.basicConfig(level=logging.INFO)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -51,8 +51,8 @@ sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
 import optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 from finished_study import LAYERS, synthetic_score
-from task_vector_opt.search import make_objective, open_storage, open_study, run_search
-from task_vector_opt.tracking import WandbTracker
+from task_vector_opt.search.study import make_objective, open_storage, open_study, run_search
+from task_vector_opt.outputs.tracking import WandbTracker
 study = open_study(open_storage("sqlite:///{tmp_path / 's.db'}"), "wb-test", "TPE", 0)
 tracker = WandbTracker("wb-test", {{"optimize_mode": "layer"}})
 run_search(study, 3, make_objective(LAYERS, 0, 2, synthetic_score), [tracker])

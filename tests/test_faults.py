@@ -17,11 +17,11 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from task_vector_opt import engine
-from task_vector_opt.cli import parse_namespace
-from task_vector_opt.evaluators import Score
-from task_vector_opt.pipelines import JGLUE
-from task_vector_opt.search import FINISHED, make_objective, open_storage, run_search
-from task_vector_opt.validation import validate
+from task_vector_opt.cli.flags import parse_namespace
+from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.cli.pipelines import JGLUE
+from task_vector_opt.search.study import FINISHED, make_objective, open_storage, run_search
+from task_vector_opt.cli.validation import validate
 from tiny_models import make_trio
 
 N_TRIALS = 6

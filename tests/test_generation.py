@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from task_vector_opt.bench import Question
-from task_vector_opt.generation import AnswerGenerator, PerRowSampler, row_seed, temperature_for
+from task_vector_opt.evaluation.bench import Question
+from task_vector_opt.evaluation.generation import AnswerGenerator, PerRowSampler, row_seed, temperature_for
 from tiny_models import make_model, make_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

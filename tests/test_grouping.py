@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, MistralConfig
 
-from task_vector_opt.grouping import group_names, locate, ordered_groups
+from task_vector_opt.merging.grouping import group_names, locate, ordered_groups
 from tiny_models import make_model
 
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from task_vector_opt.errors import UsageError
-from task_vector_opt.evaluators import Score
-from task_vector_opt.evaluators.jglue import DEFAULT_LIMIT, JGLUEEvaluator, JGLUESettings, jglue_settings_from_args
-from task_vector_opt.evaluators.lm_eval_tasks import (TASK_FAMILIES, ja_leaderboard_dir, parse_task_list,
+from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.jglue import DEFAULT_LIMIT, JGLUEEvaluator, JGLUESettings, jglue_settings_from_args
+from task_vector_opt.evaluation.lm_eval_tasks import (TASK_FAMILIES, ja_leaderboard_dir, parse_task_list,
                                                       primary_metric, resolve_tasks, task_manager)
 
 JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,jnli-1.3-0.2,jsquad-1.1-0.2"

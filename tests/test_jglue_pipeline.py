@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from task_vector_opt.grouping import group_names
-from task_vector_opt.merger import Merger
-from task_vector_opt.search import FINISHED
-from task_vector_opt.task_vector import build_task_vector
+from task_vector_opt.merging.grouping import group_names
+from task_vector_opt.merging.merger import Merger
+from task_vector_opt.search.study import FINISHED
+from task_vector_opt.merging.task_vector import build_task_vector
 from tiny_models import make_trio
 
 ROOT = Path(__file__).resolve().parent.parent

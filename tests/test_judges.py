@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from judge_server import JudgeServer, fail, reply
-from task_vector_opt.cli import JUDGE_FLAGS
+from task_vector_opt.cli.flags import JUDGE_FLAGS
 from task_vector_opt.errors import UsageError
-from task_vector_opt.judges import (
+from task_vector_opt.evaluation.judges import (
     JudgeRequest, JudgeSpec, JudgeTally, JudgmentCache, make_judge, parse_rating, price_for,
     judge_spec_from_args,
 )
@@ -256,7 +256,7 @@ def test_corrupted_cache_row_is_a_miss_and_overwritten(server, tmp_path, caplog)
     key = JudgmentCache.key(spec, req[0])
     with sqlite3.connect(tmp_path / "cache.sqlite") as db:
         db.execute("UPDATE judgments SET rating = 'garbage', text = NULL WHERE key = ?", (key,))
-    with caplog.at_level(logging.WARNING, logger="task_vector_opt.judges"):
+    with caplog.at_level(logging.WARNING, logger="task_vector_opt.evaluation.judges"):
         judgments, tally = run(spec, req)
     assert judgments[0].rating == 7.0 and not judgments[0].cached and server.count == 2
     assert "corrupted" in caplog.text
@@ -331,7 +331,7 @@ def test_logprob_mode_merged_bracket_token(server, tmp_path):
 
 def test_logprob_mode_without_logprobs_falls_back_to_text(server, tmp_path, caplog):
     server.rule = lambda body: reply("Rating: [[4]]")  # no logprobs in the payload
-    with caplog.at_level(logging.WARNING, logger="task_vector_opt.judges"):
+    with caplog.at_level(logging.WARNING, logger="task_vector_opt.evaluation.judges"):
         judgments, tally = run(compat(server, tmp_path, "--judge_rating_mode", "logprob"), requests_(3))
     assert [j.rating for j in judgments] == [4.0] * 3
     assert tally.logprob_fallbacks == 3
@@ -369,7 +369,7 @@ def test_bad_inputs_are_usage_errors(monkeypatch, argv, env, flag, needle):
 
 
 def test_4bit_without_cuda_or_bitsandbytes_is_a_usage_error(tmp_path, monkeypatch):
-    import task_vector_opt.judges as judges
+    import task_vector_opt.evaluation.judges as judges
 
     model_dir = tmp_path / "m"
     model_dir.mkdir()

@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from task_vector_opt.grouping import group_names
-from task_vector_opt.mergekit_export import MergeLayout, mergekit_config
+from task_vector_opt.merging.grouping import group_names
+from task_vector_opt.outputs.mergekit_export import MergeLayout, mergekit_config
 from tiny_models import make_model
 
 INPUTS = {"targets": ["org/target"], "base_model": "org/base", "tuned_model": "org/tuned", "dtype": "bfloat16"}

@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from task_vector_opt.errors import TaskVectorMismatch
-from task_vector_opt.grouping import group_names, ordered_groups
-from task_vector_opt.merger import Merger
-from task_vector_opt.task_vector import build_task_vector
+from task_vector_opt.merging.grouping import group_names, ordered_groups
+from task_vector_opt.merging.merger import Merger
+from task_vector_opt.merging.task_vector import build_task_vector
 from tiny_models import make_trio
 
 

@@ -6,11 +6,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from task_vector_opt.config import ModelSource, RunConfig
+from task_vector_opt.cli.config import ModelSource, RunConfig
 from task_vector_opt.engine import RunResult
-from task_vector_opt.moe import prepare, random_router_vectors, hidden_router_vectors, save_outputs
-from task_vector_opt.moe_config import ExpertPrompts, MoESettings
-from task_vector_opt.moe_disk import compose_moe_on_disk
+from task_vector_opt.merging.moe.model import prepare, random_router_vectors, hidden_router_vectors, save_outputs
+from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings
+from task_vector_opt.merging.moe.on_disk import compose_moe_on_disk
 from tiny_models import make_moe_models, make_tokenizer
 
 VOCAB = 272  # the tiny tokenizer has 257 tokens
@@ -222,7 +222,7 @@ GIB = 2**30
 @pytest.mark.parametrize("n_experts,expected", [(2, ("cuda", "cuda")), (4, ("cpu", "cuda"))])
 def test_auto_placement_for_7b_experts_on_an_80_gb_gpu(n_experts, expected):
     """The README's table: Mistral-7B experts are 13.5 GiB, their MLPs 10.5 GiB (bfloat16)."""
-    from task_vector_opt.moe import auto_placement
+    from task_vector_opt.merging.moe.model import auto_placement
 
     dense, mlp = 13.49 * GIB, 10.5 * GIB
     moe_bytes = dense + (n_experts - 1) * mlp

@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from task_vector_opt import engine, moe
-from task_vector_opt.cli import run_cli
-from task_vector_opt.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, main
+from task_vector_opt import engine
+from task_vector_opt.merging.moe import model as moe
+from task_vector_opt.cli.flags import run_cli
+from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, main
 from cli_checks import expect_usage_error, refuse_model_loads
 from mini_bench import write_mini_bench
 from tiny_models import make_model, make_trio, save

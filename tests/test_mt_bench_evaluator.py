@@ -8,9 +8,9 @@ from optuna.trial import TrialState
 from judge_server import JudgeServer, fail, reply
 from mini_bench import write_mini_bench
 from task_vector_opt.errors import StudyStopped
-from task_vector_opt.evaluators.mt_bench import JudgeFailure, MTBenchEvaluator, mt_bench_settings_from_args
-from task_vector_opt.pipelines import MT_BENCH
-from task_vector_opt.search import make_objective, run_search
+from task_vector_opt.evaluation.mt_bench import JudgeFailure, MTBenchEvaluator, mt_bench_settings_from_args
+from task_vector_opt.cli.pipelines import MT_BENCH
+from task_vector_opt.search.study import make_objective, run_search
 from tiny_models import make_model, make_tokenizer
 
 

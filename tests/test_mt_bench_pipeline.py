@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from task_vector_opt.demo.smollm2 import prepare_smollm2
-from task_vector_opt.search import FINISHED
+from task_vector_opt.search.study import FINISHED
 from mini_bench import write_mini_bench
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2, MT_BENCH_MOE_4
-from task_vector_opt.report import parser as report_parser
+from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2, MT_BENCH_MOE_4
+from task_vector_opt.outputs.report import parser as report_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from finished_study import make_finished_study
-from task_vector_opt.model_card import metadata, render_model_card
-from task_vector_opt.models import write_side_files
-from task_vector_opt.report import report_files, study_view
+from task_vector_opt.outputs.model_card import metadata, render_model_card
+from task_vector_opt.files import write_side_files
+from task_vector_opt.outputs.report import report_files, study_view
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOT_TITLES = ("Optimization history", "Best weights by layer / parameter", "Parameter importances",
@@ -79,7 +79,7 @@ def test_report_shows_scores_baselines_and_best_weights(study, report_dir):
 def test_report_command_writes_the_report_of_a_finished_study(study, storage_url, tmp_path):
     storage = storage_url
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "task_vector_opt.report", "--storage", storage, "--output_dir",
+    done = subprocess.run([sys.executable, "-m", "task_vector_opt.outputs.report", "--storage", storage, "--output_dir",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == {"report.html", "optimization_history.png", "best_weights.png"}
@@ -92,7 +92,7 @@ def test_report_command_writes_the_report_of_a_finished_study(study, storage_url
 ])
 def test_report_command_errors_are_one_line_with_exit_code_2(study, storage_url, tmp_path, extra, expected):
     storage = storage_url
-    done = subprocess.run([sys.executable, "-m", "task_vector_opt.report", "--storage", storage, "--output_dir",
+    done = subprocess.run([sys.executable, "-m", "task_vector_opt.outputs.report", "--storage", storage, "--output_dir",
                            str(tmp_path / "o"), *extra], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr
     assert "report-test" in done.stderr or "--help" in done.stderr
@@ -100,7 +100,7 @@ def test_report_command_errors_are_one_line_with_exit_code_2(study, storage_url,
 
 def test_report_command_on_a_missing_database_creates_nothing(tmp_path):
     missing = tmp_path / "runs" / "typo" / "study.db"
-    done = subprocess.run([sys.executable, "-m", "task_vector_opt.report", "--storage", f"sqlite:///{missing}",
+    done = subprocess.run([sys.executable, "-m", "task_vector_opt.outputs.report", "--storage", f"sqlite:///{missing}",
                            "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and "--storage" in done.stderr and "no such SQLite file" in done.stderr
     assert not missing.exists() and not (tmp_path / "o").exists()
@@ -161,9 +161,9 @@ def test_optuna_dashboard_shows_per_task_scores_judge_cost_and_elapsed_time(stud
 def test_the_model_cards_reproduce_command_parses_with_the_real_script(pipeline, targets):
     import shlex
 
-    from task_vector_opt.cli import parse_namespace
-    from task_vector_opt.model_card import reproduce_command
-    from task_vector_opt.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2
+    from task_vector_opt.cli.flags import parse_namespace
+    from task_vector_opt.outputs.model_card import reproduce_command
+    from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2
 
     inputs = {"pipeline": pipeline, "targets": targets, "base_model": "org/base", "tuned_model": "org/tuned",
               "optimize_mode": "layer", "optuna_sampler": "TPE", "optuna_seed": 3, "weight_min": 0.0,

@@ -5,7 +5,7 @@ import pytest
 from optuna.trial import TrialState
 
 from task_vector_opt.errors import SearchAborted, StudyStopped
-from task_vector_opt.search import enqueue_baselines, make_objective, open_storage, open_study, run_search
+from task_vector_opt.search.study import enqueue_baselines, make_objective, open_storage, open_study, run_search
 
 GROUPS = ["embed_tokens", "layer_00", "norm"]
 

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from judge_server import Behaviour, JudgeServer, reply
 from mini_bench import write_mini_bench
-from task_vector_opt.search import FINISHED
+from task_vector_opt.search.study import FINISHED
 from tiny_models import make_trio
 
 ROOT = Path(__file__).resolve().parent.parent

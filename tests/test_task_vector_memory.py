@@ -14,7 +14,7 @@ PROBE = textwrap.dedent("""
     import torch
     from transformers import AutoModelForCausalLM
     from safetensors.torch import load_file
-    from task_vector_opt.task_vector import build_task_vector
+    from task_vector_opt.merging.task_vector import build_task_vector
 
     def anon_bytes():
         for line in open("/proc/self/status"):

@@ -15,7 +15,7 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from pg_server import postgres_server
-from task_vector_opt.search import FINISHED
+from task_vector_opt.search.study import FINISHED
 from tiny_models import make_trio
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from task_vector_opt.cli import run_cli
+from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.demo.finetune import prepare_demo_models
-from task_vector_opt.pipelines import jglue_main
+from task_vector_opt.cli.pipelines import jglue_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from .report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, score_rows
+from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, score_rows
 
 TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]
 

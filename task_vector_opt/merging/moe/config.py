@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelSource
-from .validation import check_model_source
-from .errors import UsageError
+from task_vector_opt.cli.config import ModelSource
+from task_vector_opt.cli.validation import check_model_source
+from task_vector_opt.errors import UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise UsageError("--moe_config", f"{path!r} is not valid YAML ({first}); fix the file") from None
     if not isinstance(data, dict) or not isinstance(data.get("experts"), list) or not data["experts"]:
         raise UsageError("--moe_config", f"{path!r} must be a mapping with a non-empty 'experts' list "
@@ -274,7 +274,7 @@ def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource])
 
 
 def check_expert_output_dirs(output_dir: str, n_experts: int, overwrite: bool) -> None:
-    from .validation import check_output_dir
+    from task_vector_opt.cli.validation import check_output_dir
 
     for index in range(n_experts):
         path = expert_output_dir(Path(output_dir).expanduser(), index)

@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from task_vector_opt.errors import UsageError
 
 log = logging.getLogger(__name__)
 

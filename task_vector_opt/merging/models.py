@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from .config import ModelSource, PICKLE_PATTERNS
-from .errors import UsageError
+from task_vector_opt.cli.config import ModelSource, PICKLE_PATTERNS
+from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.files import atomic_directory, write_side_files
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +30,7 @@ def resolve(source: ModelSource, cache_dir: str | None, allow_pickle: bool = Fal
         return Path(snapshot_download(source.spec, cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as exc:  # the hub client raises many types; the user needs one line
         raise UsageError(source.flag, f"could not download {source.spec!r} from the Hugging Face hub "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                      f"({type(exc).__name__}: {first_line(exc)}); "
                                       "check the id, your network, or give a local directory") from None
 
 
@@ -93,65 +90,6 @@ def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     return model, tokenizer
-
-
-def remove_dead_partials(final: Path) -> None:
-    """Delete staging dirs left beside ``final`` by a process that was killed mid-save (its pid is gone)."""
-    for leftover in final.parent.glob(f".{final.name}.partial-*"):
-        pid = leftover.name.removeprefix(f".{final.name}.partial-").split("-")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            log.info("removing %s, left by a save that was interrupted", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
-@contextmanager
-def atomic_directory(final: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename."""
-    final = final.resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_partials(final)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
-    try:
-        yield staging
-        if final.exists():
-            if not overwrite and any(final.iterdir()):
-                raise UsageError("--output_dir", f"{final} appeared and is not empty; pass --overwrite_output_dir")
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_side_files(directory: Path, files: dict[str, Any]) -> None:
-    """Write each file's content as is when it is str or bytes, as JSON otherwise; each under a temporary
-    name, then renamed, so a reader never sees half a file."""
-    for name, payload in files.items():
-        if not isinstance(payload, (str, bytes)):
-            write_json_atomic(directory / name, payload)
-            continue
-        tmp = directory / f".{name}.tmp-{os.getpid()}"
-        if isinstance(payload, bytes):
-            tmp.write_bytes(payload)
-        else:
-            tmp.write_text(payload, encoding="utf-8")
-        os.replace(tmp, directory / name)
 
 
 def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files: dict[str, Any]) -> Path:

@@ -23,11 +23,12 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import HOST_RESERVE, RunResult, Workspace, recipe
-from .grouping import group_names, ordered_groups
-from .models import DTYPES, WeightFiles, atomic_directory, load_model, resolve, write_json_atomic, write_side_files
-from .moe_config import MoESettings, expert_output_dir
-from .task_vector import VectorEntry, build_task_vector
+from task_vector_opt.engine import HOST_RESERVE, RunResult, Workspace, recipe
+from task_vector_opt.merging.grouping import group_names, ordered_groups
+from task_vector_opt.files import atomic_directory, write_json_atomic, write_side_files
+from task_vector_opt.merging.models import DTYPES, WeightFiles, load_model, resolve
+from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
+from task_vector_opt.merging.task_vector import VectorEntry, build_task_vector
 
 log = logging.getLogger(__name__)
 
@@ -581,6 +582,6 @@ def dry_run_plan(config, evaluator_line: str) -> str:
 
 
 def embedding_names(model) -> set[str]:
-    from .task_vector import embedding_parameter_names
+    from task_vector_opt.merging.task_vector import embedding_parameter_names
 
     return embedding_parameter_names(model)

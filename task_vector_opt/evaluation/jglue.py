@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..cli import DEFAULT_JGLUE_TASKS
-from ..errors import UsageError
-from . import Score
-from .lm_eval_tasks import (TASKS_FLAG, ResolvedTask, check_data_dir, check_search_path, family_of_task,
+from task_vector_opt.cli.flags import DEFAULT_JGLUE_TASKS
+from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.lm_eval_tasks import (TASKS_FLAG, ResolvedTask, check_data_dir, check_search_path, family_of_task,
                             higher_is_better, local_data_files, normalized_weights, parse_task_list, per_task_ints,
                             primary_metric, resolve_tasks, result_value, task_manager, weighted_mean,
                             write_local_tasks)
@@ -205,7 +205,7 @@ class JGLUEEvaluator:
             hint = ""
             if item.family is not None and item.family.local is not None and not yaml_path:
                 hint = "; without hub access, pass --jglue_data_dir with a local copy of the JGLUE repository"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             raise UsageError(TASKS_FLAG, f"could not load lm-eval task {item.lm_eval_task} (for {item.name!r}): "
                                          f"{type(exc).__name__}: {first}{hint}") from exc
         if item.lm_eval_task not in loaded:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .models import WeightFiles
-from .moe import mixtral_config, mlp_location
+from task_vector_opt.merging.models import WeightFiles
+from task_vector_opt.merging.moe.model import mixtral_config, mlp_location
 
 ORIGINAL_NAMES = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .errors import UsageError
+from task_vector_opt.errors import UsageError
 
 DEFAULT_PROJECT = "task-vector-opt"
 

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cli import SAMPLERS
-from .config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
-from .errors import UsageError
-from .grouping import OPTIMIZE_MODES
+from task_vector_opt.cli.flags import SAMPLERS
+from task_vector_opt.cli.config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
+from task_vector_opt.errors import UsageError
+from task_vector_opt.merging.grouping import OPTIMIZE_MODES
 
 
 def validate(spec, args: argparse.Namespace) -> RunConfig:
@@ -120,8 +120,8 @@ def check_finalizable(storage, study_name: str) -> None:
 
 def check_sharing(args: argparse.Namespace) -> None:
     """--push_to_hub (repo id, token, not offline) and --wandb (installed)."""
-    from .hub import check_push_to_hub
-    from .tracking import check_wandb
+    from task_vector_opt.outputs.hub import check_push_to_hub
+    from task_vector_opt.outputs.tracking import check_wandb
 
     check_push_to_hub(args.push_to_hub)
     check_wandb(args.wandb)
@@ -130,7 +130,7 @@ def check_sharing(args: argparse.Namespace) -> None:
 def check_storage(url: str, finalize_study: str | None = None) -> None:
     """The storage must be reachable now, not after the models have loaded; with --finalize it must hold
     ``finalize_study`` with a completed trial."""
-    from .search import is_journal, open_storage
+    from task_vector_opt.search.study import is_journal, open_storage
 
     if finalize_study is None and (url.startswith("sqlite:///") or is_journal(url)):
         path = url.removeprefix("sqlite:///").removeprefix("journal:")

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UsageError
+from task_vector_opt.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
-from .errors import UsageError
+from task_vector_opt.errors import UsageError
 
 QuestionId = Union[int, str]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BENCH_DIR = "FastChat/fastchat/llm_judge/data"
 DEFAULT_BENCH_NAME = "example"
 DEFAULT_JUDGE_FILE = "FastChat/fastchat/llm_judge/data/judge_prompts.jsonl"

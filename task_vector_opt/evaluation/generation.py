@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .bench import Question, temperature_table
+from task_vector_opt.evaluation.bench import Question, temperature_table
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..errors import UsageError
+from task_vector_opt.errors import UsageError
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task

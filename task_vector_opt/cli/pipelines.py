@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import engine
-from .cli import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
-from .config import ModelSource
-from .errors import UploadFailed
-from .validation import validate
-from .evaluators import Evaluator
+from task_vector_opt import engine
+from task_vector_opt.cli.flags import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
+from task_vector_opt.cli.config import ModelSource
+from task_vector_opt.errors import UploadFailed, first_line
+from task_vector_opt.cli.validation import validate
+from task_vector_opt.evaluation.protocol import Evaluator
 
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
 
@@ -40,31 +40,31 @@ class PipelineSpec:
 
 
 def _jglue_settings(args):
-    from .evaluators.jglue import jglue_settings_from_args
+    from task_vector_opt.evaluation.jglue import jglue_settings_from_args
 
     return jglue_settings_from_args(args)
 
 
 def _jglue_evaluator(settings, run_dir: Path):
-    from .evaluators.jglue import JGLUEEvaluator
+    from task_vector_opt.evaluation.jglue import JGLUEEvaluator
 
     return JGLUEEvaluator(settings, run_dir / "lm_eval_tasks")
 
 
 def _mt_bench_settings(args):
-    from .evaluators.mt_bench import mt_bench_settings_from_args
+    from task_vector_opt.evaluation.mt_bench import mt_bench_settings_from_args
 
     return mt_bench_settings_from_args(args)
 
 
 def _mt_bench_evaluator(settings, run_dir: Path):
-    from .evaluators.mt_bench import MTBenchEvaluator
+    from task_vector_opt.evaluation.mt_bench import MTBenchEvaluator
 
     return MTBenchEvaluator(settings, run_dir)
 
 
 def _mt_bench_flags() -> list[Flag]:
-    from .cli import BENCH_FLAGS, JUDGE_FLAGS
+    from task_vector_opt.cli.flags import BENCH_FLAGS, JUDGE_FLAGS
 
     return BENCH_FLAGS + JUDGE_FLAGS + MT_BENCH_FLAGS
 
@@ -92,9 +92,9 @@ MT_BENCH = PipelineSpec(
 )
 
 
-# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.moe).
+# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe.model).
 def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
-    from .moe_config import check_expert_output_dirs, moe_settings_from_args
+    from task_vector_opt.merging.moe.config import check_expert_output_dirs, moe_settings_from_args
 
     settings = moe_settings_from_args(args, targets)
     if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
@@ -106,7 +106,7 @@ def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str
 
 def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelSource]]:
     def targets(args: argparse.Namespace) -> list[ModelSource]:
-        from .moe_config import targets_from_args
+        from task_vector_opt.merging.moe.config import targets_from_args
 
         return targets_from_args(args, max_experts)
 
@@ -114,25 +114,25 @@ def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelS
 
 
 def _moe_prepare(config):
-    from .moe import prepare
+    from task_vector_opt.merging.moe.model import prepare
 
     return prepare(config)
 
 
 def _moe_plan(config, evaluator_line: str) -> str:
-    from .moe import dry_run_plan
+    from task_vector_opt.merging.moe.model import dry_run_plan
 
     return dry_run_plan(config, evaluator_line)
 
 
 def _moe_summary(config, result) -> str:
-    from .moe import summary_lines
+    from task_vector_opt.merging.moe.model import summary_lines
 
     return summary_lines(config, result)
 
 
 def moe_mt_bench(n_experts: int) -> PipelineSpec:
-    from .cli import MOE_FLAGS, moe_target_flags
+    from task_vector_opt.cli.flags import MOE_FLAGS, moe_target_flags
 
     return PipelineSpec(
         name=f"mt_bench_moe_{n_experts}",
@@ -166,7 +166,7 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
         return
     tracker = None
     if args.wandb:
-        from .tracking import WandbTracker
+        from task_vector_opt.outputs.tracking import WandbTracker
 
         tracker = WandbTracker(config.study_name, config.recipe_inputs())
     result = None
@@ -180,14 +180,14 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     if spec.summary is not None and result.output_dir is not None:
         print(spec.summary(config, result))
     if args.push_to_hub and result.output_dir is not None:
-        from .hub import push_folder
+        from task_vector_opt.outputs.hub import push_folder
 
         try:
             url = push_folder(result.output_dir, args.push_to_hub, args.hub_private,
                               f"task_vector_opt merge: study {result.study_name}, best trial {result.best_trial}")
         except Exception as exc:  # the model is saved; the user needs the reason and how to retry
             raise UploadFailed(f"upload to {args.push_to_hub!r} failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}); the model is saved in "
+                               f"{first_line(exc)}); the model is saved in "
                                f"{result.output_dir}; retry with: hf upload {args.push_to_hub} {result.output_dir}"
                                ) from None
         print(f"pushed to        : {url}")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .errors import TaskVectorMismatch
-from .models import WeightFiles
+from task_vector_opt.errors import TaskVectorMismatch
+from task_vector_opt.merging.models import WeightFiles
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import time
 import uuid
@@ -21,12 +20,13 @@ from typing import Any
 
 import optuna
 
-from ..bench import BenchSettings, Question, bench_settings_from_args, judge_prompt_for, load_bench, \
+from task_vector_opt.evaluation.bench import BenchSettings, Question, bench_settings_from_args, judge_prompt_for, load_bench, \
     render_judge_prompt
-from ..errors import UsageError
-from ..generation import AnswerGenerator
-from ..judges import Judge, JudgeRequest, JudgeSpec, JudgeTally, judge_spec_from_args, make_judge
-from . import Score
+from task_vector_opt.errors import UsageError
+from task_vector_opt.files import write_jsonl_atomic
+from task_vector_opt.evaluation.generation import AnswerGenerator
+from task_vector_opt.evaluation.judges import Judge, JudgeRequest, JudgeSpec, JudgeTally, judge_spec_from_args, make_judge
+from task_vector_opt.evaluation.protocol import Score
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,6 @@ def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:
     return MTBenchSettings(bench=bench_settings_from_args(args), judge=judge_spec_from_args(args),
                            chunk_size=args.chunk_size, prune=args.prune, on_judge_failure=args.on_judge_failure,
                            min_judged_fraction=args.min_judged_fraction)
-
-
-def _atomic_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class MTBenchEvaluator:
@@ -163,8 +156,8 @@ class MTBenchEvaluator:
 
     def _write_records(self, label: str, answers: list[dict], judgments: list[dict]) -> None:
         folder = self.records / label
-        _atomic_jsonl(folder / "answers.jsonl", answers)
-        _atomic_jsonl(folder / "judgments.jsonl", judgments)
+        write_jsonl_atomic(folder / "answers.jsonl", answers)
+        write_jsonl_atomic(folder / "judgments.jsonl", judgments)
 
     def score(self, model, tokenizer, trial: optuna.Trial | None = None) -> Score:
         label = f"trial_{trial.number:04d}" if trial is not None else "search"

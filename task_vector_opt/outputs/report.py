@@ -2,7 +2,7 @@
 
 Written at the end of every run into --output_dir, and on demand for a finished study:
 
-    python -m task_vector_opt.report --storage sqlite:///runs/<study>/study.db --output_dir DIR
+    python -m task_vector_opt.outputs.report --storage sqlite:///runs/<study>/study.db --output_dir DIR
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import UsageError
-from .models import write_side_files
+from task_vector_opt.errors import UsageError
+from task_vector_opt.files import write_side_files
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def report_files(study: optuna.Study) -> dict[str, str | bytes]:
 # ------------------------------------------------------------------------------------------------ command
 
 def load_finished_study(storage_url: str, study_name: str | None) -> optuna.Study:
-    from .search import open_storage, redact
+    from task_vector_opt.search.study import open_storage, redact
 
     if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).is_file():
         raise UsageError("--storage", f"{storage_url!r}: no such SQLite file; give the study.db of a run "
@@ -319,7 +319,7 @@ def load_finished_study(storage_url: str, study_name: str | None) -> optuna.Stud
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m task_vector_opt.report",
+    p = argparse.ArgumentParser(prog="python -m task_vector_opt.outputs.report",
                                 description="Write report.html and the PNG plots for a finished study.")
     p.add_argument("--storage", required=True, help="Optuna storage URL of the study (e.g. "
                                                     "sqlite:///runs/<study>/study.db, or a journal .log file).")
@@ -330,8 +330,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from .cli import parse_one_line
-    from .validation import check_writable_dir
+    from task_vector_opt.cli.flags import parse_one_line
+    from task_vector_opt.cli.validation import check_writable_dir
 
     args = parse_one_line(parser(), argv)
 
@@ -345,6 +345,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from .cli import run_cli
+    from task_vector_opt.cli.flags import run_cli
 
     run_cli(main)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .task_vector import VectorEntry
+from task_vector_opt.merging.task_vector import VectorEntry
 
 
 class Merger:

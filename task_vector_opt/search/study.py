@@ -21,7 +21,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .errors import SearchAborted, StudyStopped, UsageError
+from task_vector_opt.errors import SearchAborted, StudyStopped, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
                 heartbeat_stale_trial_callback=retry_callback(),
             )
     except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs the URL and the reason
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UsageError("--storage", f"Optuna cannot open {redact(url)!r} ({reason}); give a sqlite:///path, "
                                       "postgresql://user:pass@host/db, mysql://... URL or a journal file ending in "
                                       ".log") from None

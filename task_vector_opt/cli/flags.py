@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import SearchAborted, UsageError
+from task_vector_opt.errors import SearchAborted, UsageError
 
 DEFAULT_JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,marc_ja-1.1-0.2,jnli-1.3-0.2,jsquad-1.1-0.2"
 
@@ -100,7 +100,7 @@ OUTPUT_FLAGS = [
     Flag("--log_level", "Logging level.", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 ]
 
-# Sharing and tracking (task_vector_opt.hub, task_vector_opt.tracking); checked by validation.check_sharing.
+# Sharing and tracking (task_vector_opt.outputs.hub, task_vector_opt.outputs.tracking); checked by validation.check_sharing.
 SHARING_FLAGS = [
     Flag("--push_to_hub", "Upload the saved model directory (weights, tokenizer, model card README.md, report) to "
          "this Hugging Face repo id at the end, e.g. your-name/my-merge (needs a token: `hf auth login` or HF_TOKEN).",
@@ -193,7 +193,7 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
         sys.exit(130)
 
 
-# MT-Bench judge (task_vector_opt.judges). "Cohere" is the original scripts' judge name: it
+# MT-Bench judge (task_vector_opt.evaluation.judges). "Cohere" is the original scripts' judge name: it
 # runs CohereForAI/c4ai-command-r-plus-4bit in-process (hf backend; needs bitsandbytes + CUDA).
 JUDGE_FLAGS = [
     Flag("--judge_model_name", "Judge model: gpt-*/o1/o3/o4 (OpenAI), claude-* (Anthropic), azure:<deployment>, "
@@ -220,7 +220,7 @@ JUDGE_FLAGS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# MT-Bench questions and answer generation (task_vector_opt.bench, task_vector_opt.generation); checked by
+# MT-Bench questions and answer generation (task_vector_opt.evaluation.bench, task_vector_opt.evaluation.generation); checked by
 # bench.bench_settings_from_args. Paths default to the original FastChat llm_judge layout.
 BENCH_FLAGS = [
     Flag("--bench_name", "Bench to answer: the folder <bench_dir>/<bench_name>/ holding question.jsonl (and "
@@ -243,7 +243,7 @@ BENCH_FLAGS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# MoE scripts (task_vector_opt.moe, checked by moe_config.moe_settings_from_args).
+# MoE scripts (task_vector_opt.merging.moe.model, checked by moe_config.moe_settings_from_args).
 def moe_target_flags(max_experts: int) -> list[Flag]:
     return [Flag(f"--target_model_{i}", f"Target of expert {i}: hub id or local dir; expert {i} is this target + "
                  "w * (tuned - base) with its own weights" + (" (required)" if i <= 2 else " (optional)") + ".")

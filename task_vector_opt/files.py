@@ -1,0 +1,82 @@
+"""Atomic writes: a reader (or a rerun after kill -9) never sees half a file or half a model directory."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from task_vector_opt.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def remove_dead_partials(final: Path) -> None:
+    """Delete staging dirs left beside ``final`` by a process that was killed mid-save (its pid is gone)."""
+    for leftover in final.parent.glob(f".{final.name}.partial-*"):
+        pid = leftover.name.removeprefix(f".{final.name}.partial-").split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by a save that was interrupted", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+@contextmanager
+def atomic_directory(final: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename."""
+    final = final.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+    try:
+        yield staging
+        if final.exists():
+            if not overwrite and any(final.iterdir()):
+                raise UsageError("--output_dir", f"{final} appeared and is not empty; pass --overwrite_output_dir")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write under a temporary name beside ``path``, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if isinstance(content, bytes):
+        tmp.write_bytes(content)
+    else:
+        tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_side_files(directory: Path, files: dict[str, Any]) -> None:
+    """Write each file's content as is when it is str or bytes, as JSON otherwise; each under a temporary
+    name, then renamed, so a reader never sees half a file."""
+    for name, payload in files.items():
+        if isinstance(payload, (str, bytes)):
+            write_atomic(directory / name, payload)
+        else:
+            write_json_atomic(directory / name, payload)
