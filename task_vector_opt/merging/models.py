@@ -79,10 +79,15 @@ class WeightFiles:
 
 
 def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool):
-    """Load a causal LM for scoring and merging, with its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a causal LM (or a vision-language model, with its own class) for scoring and merging, with its
+    tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
+    from task_vector_opt.merging.vlm import is_vlm_config
+
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    auto_class = AutoModelForImageTextToText if is_vlm_config(config) else AutoModelForCausalLM
+    model = auto_class.from_pretrained(
         directory, dtype=DTYPES[dtype], device_map=device, use_safetensors=not allow_pickle or None,
         trust_remote_code=trust_remote_code,
     )
@@ -99,6 +104,19 @@ def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files:
     with atomic_directory(output_dir, overwrite) as staging:
         model.save_pretrained(staging, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
+        save_processor_of(model, tokenizer, staging)
         write_side_files(staging, extra_files)
     log.info("saved the merged model to %s", output_dir)
     return output_dir
+
+
+def save_processor_of(model, tokenizer, directory: Path) -> None:
+    """A VLM is saved whole: its processor (image processor, chat template) beside the tokenizer, from the
+    target's directory unless the tokenizer given already is that processor."""
+    from task_vector_opt.merging.vlm import is_vlm
+
+    if not is_vlm(model) or hasattr(tokenizer, "image_processor"):
+        return
+    from transformers import AutoProcessor
+
+    AutoProcessor.from_pretrained(model.name_or_path).save_pretrained(directory)

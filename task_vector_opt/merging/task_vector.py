@@ -6,6 +6,8 @@ tuned are never both resident. Rules for the awkward cases:
 - Vocabulary mismatch (a target that extends the vocabulary, common for Japanese
   models): embed_tokens / lm_head get the vector on the rows both share; the
   target's extra rows keep their values. Pass --skip_embed to leave both alone.
+- VLM target: only its language model's tensors get the vector, their names mapped to the
+  LLM checkpoint's (task_vector_opt.merging.vlm); the vision tower and projector are left alone.
 - Tied embeddings: a target whose lm_head is tied to embed_tokens has one tensor,
   which gets the embed_tokens delta. An untied target with tied base/tuned gets
   the embed_tokens delta on lm_head too (that is what tuned - base means there).
@@ -15,12 +17,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from task_vector_opt.errors import TaskVectorMismatch
 from task_vector_opt.merging.models import WeightFiles
+from task_vector_opt.merging.vlm import log_left_alone, name_map_for
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +42,14 @@ def embedding_parameter_names(model) -> set[str]:
     return {name for name, p in model.named_parameters() if id(p) in wanted}
 
 
-def _file_key(name: str, files: WeightFiles) -> str | None:
+def _file_key(name: str, files: WeightFiles, to_checkpoint: Callable[[str], str | None] = str) -> str | None:
+    name = to_checkpoint(name) or name
     candidates = [name, name.removeprefix("model."), f"model.{name}"]
     return next((key for key in candidates if key in files), None)
 
 
-def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles) -> str | None:
+def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles,
+                   to_checkpoint: Callable[[str], str | None] = str) -> str | None:
     """An untied target's lm_head, when base/tuned files store only the (tied) embedding."""
     output = model.get_output_embeddings()
     if output is None or id(output.weight) == id(model.get_input_embeddings().weight):
@@ -52,7 +58,7 @@ def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles) 
     if name not in output_names:
         return None
     input_name = next(n for n in embed_names if n not in output_names)
-    return _file_key(input_name, files)
+    return _file_key(input_name, files, to_checkpoint)
 
 
 def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dtype, store_device: str | torch.device,
@@ -62,14 +68,17 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
     embed_names = embedding_parameter_names(model)
     vector: dict[str, VectorEntry] = {}
     used_keys: set[str] = set()
-    params = list(model.named_parameters())
+    to_checkpoint = name_map_for(model)  # identity for an LLM; a VLM's language model only
+    params = [(name, p) for name, p in model.named_parameters() if to_checkpoint(name) is not None]
+    log_left_alone([name for name, _ in model.named_parameters() if to_checkpoint(name) is None])
     try:
         for name, param in tqdm(params, desc="task vector", unit="tensor", leave=False):
             if skip_embed and name in embed_names:
                 continue
             keys = []
             for label, files in (("--base_model", base), ("--tuned_model", tuned)):
-                key = _file_key(name, files) or _tied_fallback(name, embed_names, model, files)
+                key = (_file_key(name, files, to_checkpoint)
+                       or _tied_fallback(name, embed_names, model, files, to_checkpoint))
                 if key is None:
                     raise TaskVectorMismatch(f"tensor {name} (shape {tuple(param.shape)}) of the target is missing "
                                              f"from {label} ({files.directory}); the models must share an "
