@@ -268,23 +268,30 @@ def print_summary(result: RunResult) -> None:
 
 def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
     """The plan, from config files only: no weights are read."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from task_vector_opt.merging.models import auto_class_for
+    from task_vector_opt.merging.vlm import memory_plan, name_map_for
 
     target_dir = config.targets[0].spec
     model_config = AutoConfig.from_pretrained(target_dir, cache_dir=config.cache_dir,
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
-    names = [n for n, _ in skeleton.named_parameters()]
+        skeleton = auto_class_for(model_config).from_config(model_config, trust_remote_code=config.trust_remote_code)
+    to_checkpoint = name_map_for(skeleton)  # a VLM: its language model's tensors only
+    names = [n for n, _ in skeleton.named_parameters() if to_checkpoint(n) is not None]
     n_weights = len(ordered_groups(group_names(names, config.optimize_mode)))
-    model_bytes = sum(p.numel() for p in skeleton.parameters()) * DTYPES[config.dtype].itemsize
-    gib = model_bytes / 2**30
+    itemsize = DTYPES[config.dtype].itemsize
+    parameters = dict(skeleton.named_parameters())
     on_device = config.vector_placement != "cpu" and config.device != "cpu"
+    memory = memory_plan(sum(p.numel() for p in parameters.values()) * itemsize,
+                         sum(parameters[n].numel() for n in names) * itemsize, on_device)
     return json.dumps({
         "study": config.study_name, "storage": redact(config.storage), "run_dir": str(config.run_dir),
         "optimize_mode": config.optimize_mode, "weights": n_weights, "tensors": len(names),
         "sampler": config.sampler, "n_trials": config.n_trials,
-        "memory_estimate_gib": {config.device: round(gib * (3 if on_device else 1), 2),
-                                **({} if on_device else {"cpu (target copy + task vector)": round(2 * gib, 2)})},
+        "memory_estimate_gib": {config.device: round(memory.device_bytes / 2**30, 2),
+                                **({} if on_device else
+                                   {"cpu (target copy + task vector)": round(memory.host_bytes / 2**30, 2)})},
         "evaluator": evaluator_line, "output_dir": str(config.output_dir),
     }, indent=2)

@@ -264,3 +264,20 @@ MOE_FLAGS = [
     Flag("--save_moe", "Also save the MoE itself to --output_dir (loadable with AutoModelForCausalLM), with a "
          "mergekit-moe YAML that rebuilds it from the saved experts.", action="store_true", default=False),
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image-question bench of merge_task_vector_vlm.py (task_vector_opt.evaluation.vlm_bench, checked by
+# vlm_bench_settings_from_args). Answer length, batch, holdout, chunks, pruning and the judge reuse the flags above.
+VLM_BENCH_FLAGS = [
+    Flag("--vlm_bench_file", "Image-question bench: JSONL, one item a line with question, image (a path relative "
+         "to the file), answer, and optional id and category.", "examples/vlm_bench/bench.jsonl"),
+    Flag("--vlm_metric", "Score of an answer: 'rouge_l' (ROUGE-L F x100 against the reference, on MeCab words, as "
+         "the JA-VLM-Bench-In-the-Wild evaluation) or 'judge' (an LLM judge's 1-10 rating; needs "
+         "--judge_model_name).", "rouge_l", choices=("rouge_l", "judge")),
+]
+
+
+def flag_named(flags: list[Flag], name: str) -> Flag:
+    """One flag of a table, to reuse it in another script without declaring it twice."""
+    return next(flag for flag in flags if flag.name == name)

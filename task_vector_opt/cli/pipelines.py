@@ -69,6 +69,30 @@ def _mt_bench_flags() -> list[Flag]:
     return BENCH_FLAGS + JUDGE_FLAGS + MT_BENCH_FLAGS
 
 
+# A vision-language target (task_vector_opt.merging.vlm): its language model gets the vector. The JGLUE script
+# accepts one (text scores of its language model); merge_task_vector_vlm.py scores image questions.
+def _check_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+    from task_vector_opt.merging.vlm import check_local_vlm_target
+
+    check_local_vlm_target(targets[0].spec, args.base_model, targets[0].flag)
+    return {}  # nothing new in the study's identity: the target is already part of it
+
+
+def _checked_target_dirs(config) -> tuple[Path, Any]:
+    """Hub targets are checked once downloaded (the local ones were checked with the flags), before loading."""
+    from task_vector_opt.merging.models import resolve
+    from task_vector_opt.merging.vlm import check_vlm_target
+
+    target_dir = resolve(config.targets[0], config.cache_dir, config.allow_pickle)
+    base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
+    return target_dir, check_vlm_target(config.targets[0].flag, target_dir, base_dir)
+
+
+def _prepare_any_target(config) -> engine.Workspace:
+    _checked_target_dirs(config)
+    return engine.prepare(config)
+
+
 JGLUE = PipelineSpec(
     name="jglue",
     cli=Pipeline(prog="merge_task_vector_jglue.py",
@@ -78,6 +102,8 @@ JGLUE = PipelineSpec(
     settings_from_args=_jglue_settings,
     make_evaluator=_jglue_evaluator,
     describe=lambda s: f"lm-eval tasks {', '.join(s.tasks)}",
+    extra_from_args=_check_vlm_target,  # a VLM target: its language model is scored on text
+    prepare=_prepare_any_target,
 )
 
 MT_BENCH = PipelineSpec(
@@ -157,6 +183,76 @@ MT_BENCH_MOE_2 = moe_mt_bench(2)
 MT_BENCH_MOE_4 = moe_mt_bench(4)
 
 
+def _require_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+    from task_vector_opt.errors import UsageError
+    from task_vector_opt.merging.vlm import check_local_vlm_target
+
+    local = Path(targets[0].spec).expanduser() / "config.json"
+    if check_local_vlm_target(targets[0].spec, args.base_model, targets[0].flag) is None and local.is_file():
+        raise UsageError(targets[0].flag, f"{targets[0].spec!r} is not a vision-language model (its config has no "
+                                          "vision_config); the image bench needs one (merge_task_vector_jglue.py "
+                                          "scores a text model)")
+    return {}
+
+
+def _prepare_vlm(config) -> engine.Workspace:
+    """engine.prepare, then the target's processor takes the tokenizer's place: the evaluator needs its image
+    processor and chat template, and the save writes it whole."""
+    from transformers import AutoProcessor
+
+    from task_vector_opt.errors import UsageError
+
+    target_dir, vlm = _checked_target_dirs(config)
+    if vlm is None:
+        raise UsageError(config.targets[0].flag, f"{config.targets[0].spec!r} is not a vision-language model; the "
+                                                 "image bench needs one")
+    workspace = engine.prepare(config)
+    workspace.tokenizer = AutoProcessor.from_pretrained(target_dir, trust_remote_code=config.trust_remote_code)
+    return workspace
+
+
+def _vlm_flags() -> list[Flag]:
+    from dataclasses import replace
+
+    from task_vector_opt.cli.flags import BENCH_FLAGS, JUDGE_FLAGS, VLM_BENCH_FLAGS, flag_named
+
+    reused = [flag_named(BENCH_FLAGS, name) for name in ("--max_new_tokens", "--gen_batch_size", "--holdout_fraction")]
+    # No default judge here: ROUGE-L needs none, and --vlm_metric judge must name one.
+    judge = [replace(flag, default=None, help=flag.help + " Needed by --vlm_metric judge.")
+             if flag.name == "--judge_model_name" else flag for flag in JUDGE_FLAGS]
+    return VLM_BENCH_FLAGS + reused + MT_BENCH_FLAGS + judge
+
+
+def _vlm_settings(args):
+    from task_vector_opt.evaluation.vlm_bench import vlm_bench_settings_from_args
+
+    return vlm_bench_settings_from_args(args)
+
+
+def _vlm_evaluator(settings, run_dir: Path):
+    from task_vector_opt.evaluation.vlm_bench import VLMBenchEvaluator
+
+    return VLMBenchEvaluator(settings, run_dir)
+
+
+VLM = PipelineSpec(
+    name="vlm",
+    cli=Pipeline(prog="merge_task_vector_vlm.py",
+                 description="Add target + w*(tuned - base) to the language model of a vision-language target and "
+                             "find the weights w that maximize an image-question bench (ROUGE-L or an LLM judge), "
+                             "with Optuna.",
+                 target_flags=[Flag("--target_model", "Vision-language model whose language model gets the task "
+                                    "vector (LLaVA-1.5/NeXT, Qwen2-VL, Qwen2.5-VL, Gemma 3): hub id or local dir.")],
+                 evaluator_flags=_vlm_flags),
+    settings_from_args=_vlm_settings,
+    make_evaluator=_vlm_evaluator,
+    describe=lambda s: f"VLM bench {s.bench_file} scored by "
+                       + ("ROUGE-L" if s.judge is None else f"{s.judge.backend}:{s.judge.model}"),
+    extra_from_args=_require_vlm_target,
+    prepare=_prepare_vlm,
+)
+
+
 def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     args = parse_namespace(spec.cli, argv)
     engine.setup_logging(args.log_level)
@@ -207,6 +303,10 @@ def main_jglue() -> None:
 
 def main_mt_bench() -> None:
     run_cli(mt_bench_main)
+
+
+def main_vlm() -> None:
+    run_cli(lambda argv: main(VLM, argv))
 
 
 def main_mt_bench_moe_2() -> None:

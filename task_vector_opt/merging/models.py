@@ -78,16 +78,22 @@ class WeightFiles:
         self._handles.clear()
 
 
-def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool):
-    """Load a causal LM (or a vision-language model, with its own class) for scoring and merging, with its
-    tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+def auto_class_for(config):
+    """AutoModelForImageTextToText for a vision-language model (its own class), AutoModelForCausalLM otherwise."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from task_vector_opt.merging.vlm import is_vlm_config
 
+    return AutoModelForImageTextToText if is_vlm_config(config) else AutoModelForCausalLM
+
+
+def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool):
+    """Load a causal LM (or a vision-language model, with its own class) for scoring and merging, with its
+    tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
     config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    auto_class = AutoModelForImageTextToText if is_vlm_config(config) else AutoModelForCausalLM
-    model = auto_class.from_pretrained(
+    model = auto_class_for(config).from_pretrained(
         directory, dtype=DTYPES[dtype], device_map=device, use_safetensors=not allow_pickle or None,
         trust_remote_code=trust_remote_code,
     )

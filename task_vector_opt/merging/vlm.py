@@ -161,3 +161,30 @@ def check_local_vlm_target(target_spec: str, base_spec: str, flag: str = "--targ
     if not any(target_dir.glob("*.safetensors")):
         return None  # pickle weights (--allow_pickle): checked from the loaded model instead
     return check_vlm_target(flag, target_dir, base_dir)
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+ACTIVATION_RESERVE = 0.25  # of the live model's size, kept free on the device for activations (as engine.py)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes a run holds: the live model on the device, plus the merger's copies of the tensors it rewrites (the
+    target's originals and the task vector) on the device or the host."""
+
+    device_bytes: int
+    host_bytes: int
+    reserve_bytes: int  # activations, generation cache
+
+    def fits(self, device_capacity_bytes: int) -> bool:
+        return self.device_bytes + self.reserve_bytes <= device_capacity_bytes
+
+
+def memory_plan(model_bytes: int, merged_bytes: int, copies_on_device: bool) -> MemoryPlan:
+    """The memory rule (README, 'VLM memory'): the copies cover only ``merged_bytes``, the language model a VLM's
+    vector touches; the vision tower and projector are live once and never copied."""
+    copies = 2 * merged_bytes
+    return MemoryPlan(device_bytes=model_bytes + (copies if copies_on_device else 0),
+                      host_bytes=0 if copies_on_device else copies,
+                      reserve_bytes=int(ACTIVATION_RESERVE * model_bytes))
