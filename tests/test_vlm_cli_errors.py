@@ -66,6 +66,11 @@ def test_a_vlm_whose_language_model_has_another_shape_is_refused(models, tmp_pat
                        "hidden_size=32 but --base_model has 64")
 
 
+def test_a_vlm_as_base_model_is_refused(models, tmp_path, capsys):
+    expect_usage_error(run_vlm(argv(models, tmp_path, base=models["vlm"])), None, capsys, "--base_model",
+                       "itself a vision-language model")
+
+
 def test_a_target_without_a_recognisable_language_model_is_refused(models, tmp_path, capsys):
     expect_usage_error(run_vlm(argv(models, tmp_path, target=models["unknown"])), None, capsys, "--target_model",
                        "without a recognisable language model", "'bert'")

@@ -214,8 +214,7 @@ class ImageAnswerer:
     @torch.no_grad()
     def answer(self, model, items: Sequence[VLMItem]) -> list[str]:
         tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"  # generated tokens then start at one column for the whole batch
-        if tokenizer.pad_token is None:
+        if tokenizer.pad_token is None:  # batches need one; the saved processor gets it too, as generation used it
             tokenizer.pad_token = tokenizer.eos_token
         device = next(model.parameters()).device
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
@@ -224,7 +223,8 @@ class ImageAnswerer:
             batch = items[first:first + self.batch_size]
             inputs = self.processor(text=[self.prompt(item) for item in batch],
                                     images=[[self.image(item.image)] for item in batch],
-                                    return_tensors="pt", padding=True)
+                                    return_tensors="pt", padding=True,
+                                    padding_side="left")  # new tokens then start at one column for the batch
             inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
             output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)

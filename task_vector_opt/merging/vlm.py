@@ -138,6 +138,10 @@ def check_vlm_target(flag: str, target_dir: Path, base_dir: Path) -> VLMTarget |
                                f"{len(language)} language-model tensors); supported language models: {known}")
     base = _config_dict(base_dir)
     base_kind = base.get("model_type")
+    if is_vlm_config(base):
+        raise UsageError("--base_model", f"{str(base_dir)!r} is itself a vision-language model; the task vector of a "
+                                         "VLM target is taken from language models: give base/tuned LLM checkpoints "
+                                         f"of the {family!r} family")
     if base_kind != family:
         raise UsageError(flag, f"the language model of {str(target_dir)!r} is {kind!r} (a {family!r} model) but "
                                f"--base_model is a {base_kind!r} model; give base/tuned models of the VLM's "
