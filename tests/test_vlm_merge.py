@@ -110,3 +110,12 @@ def test_a_vlm_whose_language_model_is_another_architecture_is_refused_before_lo
         check_local_vlm_target(str(vlm_trio["target"]), str(wider))
     assert check_local_vlm_target(str(vlm_trio["target"]), str(vlm_trio["base"])) is not None
     assert check_local_vlm_target(str(vlm_trio["base"]), str(vlm_trio["base"])) is None  # an LLM target
+
+
+def test_no_mergekit_config_is_offered_for_a_vlm_target(vlm_trio):
+    from task_vector_opt.outputs.mergekit_export import layout_from_merger, reasons_not_expressible
+
+    model, _ = _load(vlm_trio["target"])
+    vector = build_task_vector(model, vlm_trio["base"], vlm_trio["tuned"], dtype=torch.float32, store_device="cpu")
+    layout = layout_from_merger(model, Merger(model, vector, group_names(list(vector), "layer"), "cpu"))
+    assert any("vision-language model" in reason for reason in reasons_not_expressible(layout))

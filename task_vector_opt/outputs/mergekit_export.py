@@ -32,6 +32,7 @@ class MergeLayout:
     all_tensors: list[str]
     groups: dict[str, str]  # merged tensor name -> group (Optuna parameter name)
     partial_rows: dict[str, int] = field(default_factory=dict)
+    vision_language: bool = False  # the target is a VLM: mergekit would need an LLM of base/tuned's layout
 
 
 def layout_from_merger(model, merger) -> MergeLayout | None:
@@ -41,7 +42,10 @@ def layout_from_merger(model, merger) -> MergeLayout | None:
     if not isinstance(groups, dict) or not isinstance(vector, dict):
         return None
     partial = {name: entry.rows for name, entry in vector.items() if getattr(entry, "rows", None) is not None}
-    return MergeLayout([name for name, _ in model.named_parameters()], {n: groups[n] for n in vector}, partial)
+    from task_vector_opt.merging.vlm import is_vlm
+
+    return MergeLayout([name for name, _ in model.named_parameters()], {n: groups[n] for n in vector}, partial,
+                       vision_language=is_vlm(model))
 
 
 def _isolates(pattern: str, members: set[str], all_tensors: list[str]) -> bool:
@@ -71,6 +75,9 @@ def reasons_not_expressible(layout: MergeLayout | None) -> list[str]:
         return ["this merge is not a single task vector over one Hugging Face model (e.g. an in-memory MoE), "
                 "which mergekit's task_arithmetic cannot describe"]
     reasons = []
+    if layout.vision_language:
+        reasons.append("the target is a vision-language model whose tensor names differ from base/tuned's; "
+                       "mergekit's task_arithmetic merges models of one layout only")
     for name, rows in layout.partial_rows.items():
         reasons.append(f"{name}: the target has a larger vocabulary than base/tuned and the vector was added to "
                        f"its first {rows} rows only; mergekit needs equal shapes (or merges embeddings through "
