@@ -14,7 +14,7 @@ from task_vector_opt import engine
 from task_vector_opt.cli.flags import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
 from task_vector_opt.cli.config import ModelSource
 from task_vector_opt.errors import UploadFailed, first_line
-from task_vector_opt.cli.validation import validate
+from task_vector_opt.cli.validation import check_model_output, validate
 from task_vector_opt.evaluation.protocol import Evaluator
 
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
@@ -37,6 +37,9 @@ class PipelineSpec:
     prepare: Callable[[Any], engine.Workspace] = engine.prepare  # loads the live model and its merger
     plan: Callable[[Any, str], str] = engine.dry_run_plan  # the --dry_run output
     summary: Callable[[Any, engine.RunResult], str] | None = None  # extra lines after the engine's summary
+    # Checks the directories the save writes (config, "holds this study's saved model?") -> those directories
+    # when they all hold it already (a finished rerun: nothing to do), else None
+    check_outputs: Callable[[Any, Callable[[Path], bool]], list[Path] | None] = check_model_output
 
 
 def _jglue_settings(args):
@@ -94,14 +97,18 @@ MT_BENCH = PipelineSpec(
 
 # MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe.model).
 def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
-    from task_vector_opt.merging.moe.config import check_expert_output_dirs, moe_settings_from_args
+    from task_vector_opt.merging.moe.config import moe_settings_from_args
 
     settings = moe_settings_from_args(args, targets)
     if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
         args.dtype = settings.yaml_dtype or "bfloat16"
-    if not args.search_only:  # a search-only worker saves no expert
-        check_expert_output_dirs(args.output_dir, settings.n_experts, args.overwrite_output_dir)
     return {"moe": settings}
+
+
+def _moe_outputs(config, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
+    from task_vector_opt.merging.moe.config import check_moe_outputs
+
+    return check_moe_outputs(config, holds_saved_model)
 
 
 def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelSource]]:
@@ -150,6 +157,7 @@ def moe_mt_bench(n_experts: int) -> PipelineSpec:
         prepare=_moe_prepare,
         plan=_moe_plan,
         summary=_moe_summary,
+        check_outputs=_moe_outputs,
     )
 
 
@@ -163,6 +171,10 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     config = validate(spec, args)
     if config.dry_run:
         print(spec.plan(config, spec.describe(config.evaluator)))
+        return
+    if config.saved_output is not None:  # a rerun of a finished command: the model is saved; exit 0
+        print(f"nothing to do: study {config.study_name} has its {config.n_trials} trials finished and its best "
+              f"model is saved in {', '.join(str(p) for p in config.saved_output)}")
         return
     tracker = None
     if args.wandb:
