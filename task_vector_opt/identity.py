@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 IDENTITY = "study_identity"  # field metadata: False (never counts) or a predicate on the owning settings
-IDENTITY_NAME = "identity_name"  # field metadata: the key under which the field appears ("" merges a dict into its owner)
+IDENTITY_NAME = "identity_name"  # field metadata: the field's key ("" merges a dict field into its owner)
 
 
 def outside_identity(**field_kwargs: Any) -> Any:
