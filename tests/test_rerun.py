@@ -15,6 +15,7 @@ from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, jglue_main, main
 from task_vector_opt.merging.moe import model as moe
 from cli_checks import expect_usage_error, refuse_model_loads
+from hub_server import HubServer
 from judge_server import JudgeServer
 from mini_bench import write_mini_bench
 from tiny_models import make_moe_models, make_trio
@@ -70,6 +71,24 @@ def test_rerunning_a_finished_saved_command_exits_0_without_a_trial_a_model_load
     assert "nothing to do" in out and str(finished_jglue["out"]) in out, out
     assert snapshot(finished_jglue["out"]) == saved_before
     assert len(trials_in(finished_jglue["run_dir"])) == trials_before
+
+
+def test_a_finished_rerun_with_push_to_hub_uploads_the_saved_model_without_a_trial_or_a_write(finished_jglue):
+    # A supervisor reruns after an upload that failed: the model is saved, so only the upload is left to do.
+    saved_before = snapshot(finished_jglue["out"])
+    with HubServer(token="hf_test_dummy") as hub:
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_ENDPOINT=hub.url, HF_TOKEN="hf_test_dummy",
+                   HF_HUB_DISABLE_TELEMETRY="1")
+        done = subprocess.run([sys.executable, str(ROOT / "merge_task_vector_jglue.py"), *finished_jglue["argv"],
+                               "--push_to_hub", "me/tiny-merge"], capture_output=True, text=True, env=env,
+                              timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nothing to do" in done.stdout and "pushed to" in done.stdout
+    uploaded = hub.repos["me/tiny-merge"]
+    assert uploaded["model.safetensors"] == saved_before["model.safetensors"][1]
+    assert uploaded["merge_recipe.json"] == saved_before["merge_recipe.json"][1]
+    assert snapshot(finished_jglue["out"]) == saved_before
+    assert len(trials_in(finished_jglue["run_dir"])) == 3
 
 
 def _copy_with_recipe(finished_jglue, name: str, edit) -> Path:

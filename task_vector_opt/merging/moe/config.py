@@ -291,9 +291,9 @@ def check_expert_output_dirs(output_dir: str, n_experts: int, overwrite: bool,
 
 
 def check_moe_outputs(config: Any, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
-    """The experts' directories (and --output_dir for --save_moe). Returns them when every one the save writes
-    already holds this study's saved model; a save found in only some of them is refused, as it cannot be
-    completed without --overwrite_output_dir."""
+    """The experts' directories (and --output_dir for --save_moe). Returns them, in the order the save returns
+    its folder first, when every one the save writes already holds this study's saved model; a save found in
+    only some of them is refused, as it cannot be completed without --overwrite_output_dir."""
     from task_vector_opt.cli.validation import check_output_dir
 
     settings: MoESettings = config.extra["moe"]
@@ -301,8 +301,8 @@ def check_moe_outputs(config: Any, holds_saved_model: Callable[[Path], bool]) ->
     experts_saved = check_expert_output_dirs(str(config.output_dir), settings.n_experts, config.overwrite_output_dir,
                                              holds_saved_model)
     written = [(expert_output_dir(config.output_dir, i), saved) for i, saved in enumerate(experts_saved)]
-    if settings.save_moe:
-        written.append((config.output_dir, moe_saved))
+    if settings.save_moe:  # first: the folder the save returns (the one --push_to_hub uploads)
+        written.insert(0, (config.output_dir, moe_saved))
     if all(saved for _, saved in written):
         return [path for path, _ in written]
     done = [path for path, saved in written if saved]
