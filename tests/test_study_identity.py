@@ -12,10 +12,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
-from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, jglue_main, main
+from task_vector_opt.cli.flags import parse_namespace
+from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH_MOE_2, jglue_main, main
+from task_vector_opt.cli.validation import validate
 from task_vector_opt.merging.moe import model as moe
 from cli_checks import refuse_model_loads
 from mini_bench import write_mini_bench
@@ -180,6 +183,25 @@ def test_chunk_size_counts_only_when_the_pruner_reads_the_running_scores(models,
     assert study_of(moe_entry, argv + ["--chunk_size", "2"], capsys) != study_of(moe_entry, argv, capsys)
 
 
+def test_gate_seed_counts_only_for_random_routers_and_prompts_only_for_routers_that_read_them(
+        models, tmp_path, capsys):
+    def config(name: str, gate_mode: str, second_prompt: str) -> str:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({"gate_mode": gate_mode, "experts": [
+            {"source_model": "target_model_1", "positive_prompts": ["数学"]},
+            {"source_model": "target_model_2", "positive_prompts": [second_prompt]}]}, allow_unicode=True))
+        return str(path)
+
+    argv = moe_argv(models, tmp_path)
+    hidden = argv + ["--moe_config", config("hidden.yaml", "hidden", "小説")]
+    assert study_of(moe_entry, hidden + ["--gate_seed", "7"], capsys) == study_of(moe_entry, hidden, capsys)
+    other_prompts = argv + ["--moe_config", config("hidden2.yaml", "hidden", "料理")]
+    assert study_of(moe_entry, other_prompts, capsys) != study_of(moe_entry, hidden, capsys)
+    random = argv + ["--moe_config", config("random.yaml", "random", "小説")]
+    assert study_of(moe_entry, argv + ["--moe_config", config("random2.yaml", "random", "料理")], capsys) == \
+        study_of(moe_entry, random, capsys)
+
+
 # ------------------------------------------------------------------ a real run in the default run directories
 
 def run_jglue(models, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -237,3 +259,20 @@ def test_a_new_study_beside_one_of_the_same_models_names_the_inputs_that_differ(
         study_of(jglue_main, argv + ["--tuned_model", str(models["target2"])], capsys)
         study_of(jglue_main, argv + ["--batch_size", "2"], capsys)  # resumes its own study: nothing to say
     assert "a study for the same models" not in caplog.text
+
+
+def test_a_study_made_before_the_identity_rule_is_named_with_the_flag_that_resumes_it(
+        models, tmp_path, monkeypatch, caplog, capsys):
+    # Such a study holds only the recipe "inputs" (batch size included) under a name hashed from all of them.
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in jglue_argv(models, tmp_path) if a not in ("--run_dir", str(tmp_path / "run"))]
+    config = validate(JGLUE, parse_namespace(JGLUE.cli, argv + ["--batch_size", "8", "--dry_run"]))
+    old_dir = tmp_path / "runs" / "jglue-layer-791a752ffd"
+    old_dir.mkdir(parents=True)
+    old = optuna.create_study(study_name=old_dir.name, storage=f"sqlite:///{old_dir / 'study.db'}",
+                              direction="maximize")
+    old.set_user_attr("inputs", config.recipe_inputs())
+    with caplog.at_level(logging.WARNING):
+        study_of(jglue_main, argv + ["--batch_size", "16"], capsys)
+    assert "exists under another name (jglue-layer-791a752ffd); pass --study_name jglue-layer-791a752ffd" in \
+        caplog.text

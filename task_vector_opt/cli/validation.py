@@ -33,9 +33,9 @@ def validate(spec, args: argparse.Namespace) -> RunConfig:
     targets = spec.targets_from_args(args)
     extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(spec.name, args, targets, settings, extra)
+    check_storage(config.storage, config.study_name if config.finalize else None)
     if not config.search_only:  # a search-only worker writes no model
         config.saved_output = spec.check_outputs(config, holds_this_studys_model(config))
-    check_storage(config.storage, config.study_name if config.finalize else None)
     if config.saved_output is None and not config.finalize:
         from task_vector_opt.search.existing import related_study_note
 
