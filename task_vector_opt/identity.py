@@ -32,7 +32,7 @@ def identity_named(name: str, **field_kwargs: Any) -> Any:
     return dataclasses.field(metadata={IDENTITY_NAME: name}, **field_kwargs)
 
 
-def counts(settings: Any, spec: dataclasses.Field) -> bool:
+def _counts(settings: Any, spec: dataclasses.Field) -> bool:
     rule = spec.metadata.get(IDENTITY, True)
     return rule(settings) if callable(rule) else bool(rule)
 
@@ -45,7 +45,7 @@ def study_identity(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         identity: dict[str, Any] = {}
         for spec in dataclasses.fields(value):
-            if not counts(value, spec):
+            if not _counts(value, spec):
                 continue
             name = spec.metadata.get(IDENTITY_NAME, spec.name)
             part = study_identity(getattr(value, spec.name))
