@@ -24,6 +24,7 @@ from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
 from task_vector_opt.merging.task_vector import build_task_vector
+from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,10 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
 def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator,
            callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> None:
     """Trials until the study has ``n_trials`` finished ones; Ctrl-C optionally saves the best so far."""
-    study.set_user_attr("inputs", config.recipe_inputs())
+    study.set_user_attr(INPUTS_ATTR, config.recipe_inputs())
+    # What defines the study: a later run of the same models that differs in it is told what differs
+    # (search.existing.related_study_note).
+    study.set_user_attr(IDENTITY_ATTR, config.study_identity())
     recover_dead_workers(study)
     already = finished_trials(study)
     if already:

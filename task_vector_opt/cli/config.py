@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from task_vector_opt.identity import identity_named, outside_identity, study_identity
+
 WEIGHT_PATTERNS = ("*.safetensors",)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 
@@ -15,7 +17,7 @@ PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 class ModelSource:
     """A model given as a hub id or a local directory."""
 
-    flag: str
+    flag: str = outside_identity()  # which flag named it: the study knows the model by its path or id
     spec: str
 
     @property
@@ -25,41 +27,48 @@ class ModelSource:
 
 @dataclass
 class RunConfig:
+    """Every input of a run. Fields that cannot change the merge or its score are marked outside_identity()
+    (here and in the evaluator's and the MoE's settings): the default study name ignores them, so changing one
+    resumes the same study."""
+
     pipeline: str
     targets: list[ModelSource]
-    base: ModelSource
-    tuned: ModelSource
-    cache_dir: str | None
+    base: ModelSource = identity_named("base_model")
+    tuned: ModelSource = identity_named("tuned_model")
+    cache_dir: str | None = outside_identity()
     dtype: str
-    device: str
-    vector_placement: str
+    device: str = outside_identity()
+    vector_placement: str = outside_identity()
     skip_embed: bool
-    trust_remote_code: bool
-    allow_pickle: bool
+    trust_remote_code: bool = outside_identity()  # a permission; the model is the same
+    allow_pickle: bool = outside_identity()  # a permission; the weights are the same
     optimize_mode: str
-    sampler: str
-    seed: int
-    n_trials: int
+    sampler: str = identity_named("optuna_sampler")
+    seed: int = identity_named("optuna_seed")
+    n_trials: int = outside_identity()  # rerunning with more trials extends the study
     weight_min: float
     weight_max: float
-    storage: str
-    study_name: str
-    run_dir: Path
-    baseline_trials: bool
-    holdout_top_k: int
-    output_dir: Path
-    overwrite_output_dir: bool
-    log_level: str
-    dry_run: bool
-    heartbeat_interval: float = 60.0
-    search_only: bool = False  # a worker that searches and saves nothing
-    finalize: bool = False  # no search: holdout and save
-    save_on_interrupt: bool = False
+    storage: str = outside_identity()
+    study_name: str = outside_identity()
+    run_dir: Path = outside_identity()
+    baseline_trials: bool = outside_identity()  # read only when the study is created
+    holdout_top_k: int = outside_identity()  # the end's held-out check, not the search
+    output_dir: Path = outside_identity()
+    overwrite_output_dir: bool = outside_identity()
+    log_level: str = outside_identity()
+    dry_run: bool = outside_identity()
+    heartbeat_interval: float = outside_identity(default=60.0)
+    search_only: bool = outside_identity(default=False)  # a worker that searches and saves nothing
+    finalize: bool = outside_identity(default=False)  # no search: holdout and save
+    save_on_interrupt: bool = outside_identity(default=False)
     evaluator: Any = None  # the pipeline's own evaluator settings (a dataclass)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = identity_named("", default_factory=dict)  # e.g. {"moe": MoESettings}, at the top level
+    # Set by validation when --output_dir already holds this study's saved best model: nothing is left to do.
+    saved_output: list[Path] | None = outside_identity(default=None)
 
     def recipe_inputs(self) -> dict[str, Any]:
-        """The inputs that define the merge and the search (used in the recipe and the study name)."""
+        """The inputs that define the merge and the search, as merge_recipe.json shows them (settings that do not
+        count for the study, like the batch size, included)."""
         evaluator = asdict(self.evaluator) if self.evaluator is not None else None
         extra = {k: v.recipe_inputs() if hasattr(v, "recipe_inputs") else asdict(v) if is_dataclass(v) else v
                  for k, v in self.extra.items()}
@@ -76,8 +85,12 @@ class RunConfig:
             "weight_min": self.weight_min,
             "weight_max": self.weight_max,
             "evaluator": evaluator,
-            **extra,  # pipeline-specific inputs (the MoE's settings), part of the study's identity
+            **extra,  # pipeline-specific inputs (the MoE's settings)
         }
+
+    def study_identity(self) -> dict[str, Any]:
+        """What defines the study (and its default name): every setting not marked outside_identity()."""
+        return study_identity(self)
 
 
 def default_study_name(pipeline: str, identity: dict[str, Any]) -> str:

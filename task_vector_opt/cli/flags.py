@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -14,6 +15,17 @@ from typing import Any, Callable, Sequence
 from task_vector_opt.errors import SearchAborted, UsageError
 
 DEFAULT_JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,marc_ja-1.1-0.2,jnli-1.3-0.2,jsquad-1.1-0.2"
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value: nan and inf are refused like any other bad number (float() accepts them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a plain number like 1.5") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; give a plain number like 1.5")
+    return value
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,8 @@ class Flag:
             kwargs["dest"] = self.dest
         if self.action:
             kwargs["action"] = self.action
-        else:
-            kwargs["type"] = self.type
+        else:  # every float flag is finite: declared as float in the tables, parsed by finite_float
+            kwargs["type"] = finite_float if self.type is float else self.type
             if self.metavar:
                 kwargs["metavar"] = self.metavar
             if self.choices:

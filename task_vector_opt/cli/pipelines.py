@@ -14,7 +14,7 @@ from task_vector_opt import engine
 from task_vector_opt.cli.flags import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
 from task_vector_opt.cli.config import ModelSource
 from task_vector_opt.errors import UploadFailed, first_line
-from task_vector_opt.cli.validation import validate
+from task_vector_opt.cli.validation import check_model_output, validate
 from task_vector_opt.evaluation.protocol import Evaluator
 
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
@@ -37,6 +37,9 @@ class PipelineSpec:
     prepare: Callable[[Any], engine.Workspace] = engine.prepare  # loads the live model and its merger
     plan: Callable[[Any, str], str] = engine.dry_run_plan  # the --dry_run output
     summary: Callable[[Any, engine.RunResult], str] | None = None  # extra lines after the engine's summary
+    # Checks the directories the save writes (config, "holds this study's saved model?") -> those directories,
+    # the one --push_to_hub uploads first, when they all hold it already (a finished rerun: nothing to do), else None
+    check_outputs: Callable[[Any, Callable[[Path], bool]], list[Path] | None] = check_model_output
 
 
 def _jglue_settings(args):
@@ -120,14 +123,18 @@ MT_BENCH = PipelineSpec(
 
 # MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe.model).
 def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
-    from task_vector_opt.merging.moe.config import check_expert_output_dirs, moe_settings_from_args
+    from task_vector_opt.merging.moe.config import moe_settings_from_args
 
     settings = moe_settings_from_args(args, targets)
     if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
         args.dtype = settings.yaml_dtype or "bfloat16"
-    if not args.search_only:  # a search-only worker saves no expert
-        check_expert_output_dirs(args.output_dir, settings.n_experts, args.overwrite_output_dir)
     return {"moe": settings}
+
+
+def _moe_outputs(config, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
+    from task_vector_opt.merging.moe.config import check_moe_outputs
+
+    return check_moe_outputs(config, holds_saved_model)
 
 
 def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelSource]]:
@@ -176,6 +183,7 @@ def moe_mt_bench(n_experts: int) -> PipelineSpec:
         prepare=_moe_prepare,
         plan=_moe_plan,
         summary=_moe_summary,
+        check_outputs=_moe_outputs,
     )
 
 
@@ -260,6 +268,12 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     if config.dry_run:
         print(spec.plan(config, spec.describe(config.evaluator)))
         return
+    if config.saved_output is not None:  # a rerun of a finished command: the model is saved; exit 0
+        print(f"nothing to do: study {config.study_name} has its {config.n_trials} trials finished and its best "
+              f"model is saved in {', '.join(str(p) for p in config.saved_output)}")
+        if args.push_to_hub:  # the upload may be what failed last time; the hub skips files it already has
+            push(args, config.saved_output[0], f"task_vector_opt merge: study {config.study_name}")
+        return
     tracker = None
     if args.wandb:
         from task_vector_opt.outputs.tracking import WandbTracker
@@ -276,17 +290,20 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
     if spec.summary is not None and result.output_dir is not None:
         print(spec.summary(config, result))
     if args.push_to_hub and result.output_dir is not None:
-        from task_vector_opt.outputs.hub import push_folder
+        push(args, result.output_dir,
+             f"task_vector_opt merge: study {result.study_name}, best trial {result.best_trial}")
 
-        try:
-            url = push_folder(result.output_dir, args.push_to_hub, args.hub_private,
-                              f"task_vector_opt merge: study {result.study_name}, best trial {result.best_trial}")
-        except Exception as exc:  # the model is saved; the user needs the reason and how to retry
-            raise UploadFailed(f"upload to {args.push_to_hub!r} failed ({type(exc).__name__}: "
-                               f"{first_line(exc)}); the model is saved in "
-                               f"{result.output_dir}; retry with: hf upload {args.push_to_hub} {result.output_dir}"
-                               ) from None
-        print(f"pushed to        : {url}")
+
+def push(args: argparse.Namespace, folder: Path, message: str) -> None:
+    """--push_to_hub: upload the saved folder; a failure is one line saying how to retry."""
+    from task_vector_opt.outputs.hub import push_folder
+
+    try:
+        url = push_folder(folder, args.push_to_hub, args.hub_private, message)
+    except Exception as exc:  # the model is saved; the user needs the reason and how to retry
+        raise UploadFailed(f"upload to {args.push_to_hub!r} failed ({type(exc).__name__}: {first_line(exc)}); the "
+                           f"model is saved in {folder}; retry with: hf upload {args.push_to_hub} {folder}") from None
+    print(f"pushed to        : {url}")
 
 
 def jglue_main(argv: Sequence[str] | None = None) -> None:

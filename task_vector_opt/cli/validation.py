@@ -3,20 +3,26 @@
 ``validate`` is what each entry script calls: it checks the pipeline's own flags (the
 evaluator's settings function: tasks, bench files, judge), the common flags, the model
 sources (config.json and weights present, safetensors unless --allow_pickle), the
-directories, the device, and that the storage can be reached. Each problem is one
+directories, the device, and that the storage can be reached. It also tells a rerun whose work is done
+(--output_dir holds this study's saved best model: ``RunConfig.saved_output``) and names what differs from a
+study of the same models that this run does not resume. Each problem is one
 UsageError naming the flag, the value and the fix (exit code 2).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from task_vector_opt.cli.flags import SAMPLERS
 from task_vector_opt.cli.config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
 from task_vector_opt.errors import UsageError
 from task_vector_opt.merging.grouping import OPTIMIZE_MODES
+
+log = logging.getLogger(__name__)
 
 
 def validate(spec, args: argparse.Namespace) -> RunConfig:
@@ -28,6 +34,14 @@ def validate(spec, args: argparse.Namespace) -> RunConfig:
     extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(spec.name, args, targets, settings, extra)
     check_storage(config.storage, config.study_name if config.finalize else None)
+    if not config.search_only:  # a search-only worker writes no model
+        config.saved_output = spec.check_outputs(config, holds_this_studys_model(config))
+    if config.saved_output is None and not config.finalize:
+        from task_vector_opt.search.existing import related_study_note
+
+        note = related_study_note(config, beside_default_runs=args.run_dir is None and args.storage is None)
+        if note:
+            log.warning(note)
     return config
 
 
@@ -76,14 +90,47 @@ def check_writable_dir(flag: str, value: str) -> None:
                                "you can write to") from None
 
 
-def check_output_dir(value: str, overwrite: bool) -> None:
+def check_output_dir(value: str, overwrite: bool, holds_saved_model: Callable[[Path], bool] | None = None) -> bool:
+    """A directory the model can be saved to. A non-empty one is refused (unless ``overwrite``), except when
+    ``holds_saved_model`` says it already holds this study's saved best model: then True (nothing left to do)."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError("--output_dir", f"{value!r} is a file; give a directory path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
+        if holds_saved_model is not None and holds_saved_model(path):
+            return True
         raise UsageError("--output_dir", f"{value!r} exists and is not empty; choose a new directory or pass "
                                          "--overwrite_output_dir")
     check_writable_dir("--output_dir", value)
+    return False
+
+
+def check_model_output(config: RunConfig, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
+    """The single-model scripts' --output_dir; returns it when it already holds this study's saved best model."""
+    saved = check_output_dir(str(config.output_dir), config.overwrite_output_dir, holds_saved_model)
+    return [config.output_dir] if saved else None
+
+
+def holds_this_studys_model(config: RunConfig) -> Callable[[Path], bool]:
+    """A test of a non-empty output directory: its merge_recipe.json names this study and the study's best trial,
+    and the study has its --n_trials finished, so running again would save the very same model."""
+    best_trial: list[int | None] = []  # looked up once, and only when a recipe names this study
+
+    def holds(path: Path) -> bool:
+        try:
+            recipe = json.loads((path / "merge_recipe.json").read_text(encoding="utf-8"))
+            study, trial = recipe["study"]["name"], recipe["best"]["trial"]
+        except (OSError, ValueError, KeyError, TypeError):  # no recipe, or not ours
+            return False
+        if study != config.study_name:
+            return False
+        if not best_trial:
+            from task_vector_opt.search.existing import finished_best_trial
+
+            best_trial.append(finished_best_trial(config))
+        return best_trial[0] is not None and trial == best_trial[0]
+
+    return holds
 
 
 def resolve_device(value: str | None) -> str:
@@ -170,8 +217,6 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         check_model_source(source, args.allow_pickle)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)
-    if not args.search_only:  # a search-only worker writes no model
-        check_output_dir(args.output_dir, args.overwrite_output_dir)
     device = resolve_device(args.device)
 
     config = RunConfig(
@@ -208,7 +253,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         evaluator=evaluator,
         extra=dict(extra or {}),
     )
-    config.study_name = args.study_name or default_study_name(pipeline, config.recipe_inputs())
+    config.study_name = args.study_name or default_study_name(pipeline, config.study_identity())
     config.run_dir = Path(args.run_dir or Path("runs") / config.study_name).expanduser()
     check_writable_dir("--run_dir", str(config.run_dir))
     config.storage = args.storage or f"sqlite:///{(config.run_dir / 'study.db').resolve()}"

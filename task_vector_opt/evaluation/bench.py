@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 from task_vector_opt.errors import UsageError
+from task_vector_opt.identity import outside_identity
 
 QuestionId = Union[int, str]
 
@@ -505,7 +506,7 @@ class BenchSettings:
     question_file: str  # absolute
     judge_file: str  # absolute
     max_new_tokens: int = 512
-    gen_batch_size: int = 8
+    gen_batch_size: int = outside_identity(default=8)
     conv_template: str | None = None
     holdout_fraction: float = 0.0
     holdout_question_file: str | None = None  # absolute

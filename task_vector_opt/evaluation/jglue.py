@@ -28,6 +28,7 @@ from task_vector_opt.evaluation.lm_eval_tasks import (TASKS_FLAG, ResolvedTask, 
                             higher_is_better, local_data_files, normalized_weights, parse_task_list, per_task_ints,
                             primary_metric, resolve_tasks, result_value, task_manager, weighted_mean,
                             write_local_tasks)
+from task_vector_opt.identity import outside_identity
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -52,7 +53,7 @@ class JGLUESettings:
     holdout_limits: list[int]  # held-out documents per task (0: none)
     data_dir: str | None = None  # local JGLUE repository copy (absolute)
     task_search_path: str | None = None  # folder of user task YAMLs (absolute)
-    batch_size: int | str = 16  # an integer, "auto" or "auto:N"
+    batch_size: int | str = outside_identity(default=16)  # an integer, "auto" or "auto:N"; same scores
 
 
 def parse_batch_size(value: Any) -> int | str:

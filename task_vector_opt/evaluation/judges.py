@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from task_vector_opt.errors import UsageError
+from task_vector_opt.identity import outside_identity
 
 log = logging.getLogger(__name__)
 
@@ -166,18 +167,18 @@ class JudgeSpec:
 
     backend: str  # one of BACKENDS
     model: str  # model name, Azure deployment, or hf hub id / local dir
-    requested: str = DEFAULT_JUDGE  # --judge_model_name as given
+    requested: str = outside_identity(default=DEFAULT_JUDGE)  # --judge_model_name as given (backend + model count)
     base_url: str | None = None  # OpenAI-compatible server, Anthropic proxy, or Azure endpoint
     rating_mode: str = "text"
-    parallel: int = 2
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    cache_path: str | None = DEFAULT_CACHE
+    parallel: int = outside_identity(default=2)
+    timeout_s: float = outside_identity(default=120.0)
+    max_retries: int = outside_identity(default=5)
+    cache_path: str | None = outside_identity(default=DEFAULT_CACHE)
     load_in_4bit: bool = False
-    api_version: str | None = None  # azure only
+    api_version: str | None = outside_identity(default=None)  # azure only: the wire protocol, not the judge
     max_tokens: int = 1024  # API judges' output budget
     hf_max_new_tokens: int = 256  # hf text mode
-    hf_batch_size: int = 8
+    hf_batch_size: int = outside_identity(default=8)
 
     @property
     def name(self) -> str:

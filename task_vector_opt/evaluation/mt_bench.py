@@ -27,6 +27,7 @@ from task_vector_opt.files import write_jsonl_atomic
 from task_vector_opt.evaluation.generation import AnswerGenerator
 from task_vector_opt.evaluation.judges import Judge, JudgeRequest, JudgeSpec, JudgeTally, judge_spec_from_args, make_judge
 from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.identity import identity_when, outside_identity
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ class JudgeFailure(RuntimeError):
 class MTBenchSettings:
     bench: BenchSettings
     judge: JudgeSpec
-    chunk_size: int  # questions per chunk; the running mean is reported after each
+    # questions per chunk; the running mean is reported after each, so it matters only to the pruner
+    chunk_size: int = identity_when(lambda settings: settings.prune)
     prune: bool
-    on_judge_failure: str
-    min_judged_fraction: float
+    on_judge_failure: str = outside_identity()  # what to do on a judge outage, like retries
+    min_judged_fraction: float = outside_identity()  # when an outage fails a trial; never changes a score
 
 
 def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:

@@ -10,11 +10,12 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from task_vector_opt.cli.config import ModelSource
 from task_vector_opt.cli.validation import check_model_source
 from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.identity import identity_when, outside_identity
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,19 @@ class MoESettings:
     base_index: int  # 0-based index of the expert whose embeddings, attention, norms and lm_head the MoE uses
     gate_mode: str
     experts_per_token: int
-    gate_seed: int
-    prompts: list[ExpertPrompts]  # one per expert, in expert order
-    save_moe: bool
-    config_file: str | None = None
-    yaml_dtype: str | None = None
+    gate_seed: int = identity_when(lambda settings: settings.gate_mode == "random")  # only random routers read it
+    # one per expert, in expert order; only routers computed from the experts read them
+    prompts: list[ExpertPrompts] = identity_when(lambda settings: settings.gate_mode in GATES_FROM_WEIGHTS)
+    save_moe: bool = outside_identity()  # what is saved, not what is searched
+    config_file: str | None = outside_identity(default=None)  # its contents count, through the fields above
+    yaml_dtype: str | None = outside_identity(default=None)  # counts as the run's --dtype
 
     @property
     def gates_follow_weights(self) -> bool:
         return self.gate_mode in GATES_FROM_WEIGHTS
 
     def recipe_inputs(self) -> dict[str, Any]:
-        """What defines the MoE being searched (part of the study's identity; --save_moe is not)."""
+        """What merge_recipe.json shows of the MoE (the study's identity follows the field markers above)."""
         return {"n_experts": self.n_experts, "base_expert": self.base_index + 1, "gate_mode": self.gate_mode,
                 "experts_per_token": self.experts_per_token,
                 "gate_seed": self.gate_seed if self.gate_mode == "random" else None,
@@ -273,12 +275,40 @@ def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource])
                        config_file=args.moe_config, yaml_dtype=yaml_dtype)
 
 
-def check_expert_output_dirs(output_dir: str, n_experts: int, overwrite: bool) -> None:
+def check_expert_output_dirs(output_dir: str, n_experts: int, overwrite: bool,
+                             holds_saved_model: Callable[[Path], bool] | None = None) -> list[bool]:
+    """Each <output_dir>-N the experts are saved to; for each, whether it already holds this study's save."""
     from task_vector_opt.cli.validation import check_output_dir
 
+    saved = []
     for index in range(n_experts):
         path = expert_output_dir(Path(output_dir).expanduser(), index)
         try:
-            check_output_dir(str(path), overwrite)
+            saved.append(check_output_dir(str(path), overwrite, holds_saved_model))
         except UsageError as exc:
             raise UsageError("--output_dir", f"experts are saved to {path}: {str(exc).split(': ', 1)[-1]}") from None
+    return saved
+
+
+def check_moe_outputs(config: Any, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
+    """The experts' directories (and --output_dir for --save_moe). Returns them, in the order the save returns
+    its folder first, when every one the save writes already holds this study's saved model; a save found in
+    only some of them is refused, as it cannot be completed without --overwrite_output_dir."""
+    from task_vector_opt.cli.validation import check_output_dir
+
+    settings: MoESettings = config.extra["moe"]
+    moe_saved = check_output_dir(str(config.output_dir), config.overwrite_output_dir, holds_saved_model)
+    experts_saved = check_expert_output_dirs(str(config.output_dir), settings.n_experts, config.overwrite_output_dir,
+                                             holds_saved_model)
+    written = [(expert_output_dir(config.output_dir, i), saved) for i, saved in enumerate(experts_saved)]
+    if settings.save_moe:  # first: the folder the save returns (the one --push_to_hub uploads)
+        written.insert(0, (config.output_dir, moe_saved))
+    if all(saved for _, saved in written):
+        return [path for path, _ in written]
+    done = [path for path, saved in written if saved]
+    if done:
+        missing = next(path for path, saved in written if not saved)
+        raise UsageError("--output_dir", f"{str(done[0])!r} holds this study's saved model but {str(missing)!r} "
+                                         "does not; pass --overwrite_output_dir to save them all again or choose a "
+                                         "new directory")
+    return None
