@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import optuna
 import torch
 
+from task_vector_opt.identity import identity_when, outside_identity
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.bench import _jsonl_records, split_holdout
 from task_vector_opt.evaluation.judges import JudgeRequest, judge_spec_from_args, make_judge
@@ -94,13 +95,14 @@ class VLMBenchSettings:
     bench_file: str
     metric: str  # rouge_l | judge
     max_new_tokens: int
-    gen_batch_size: int
-    holdout_fraction: float
-    chunk_size: int  # items per chunk; the running mean is reported after each (pruning)
-    prune: bool
+    gen_batch_size: int = outside_identity()  # batching changes the speed, not greedy answers
+    holdout_fraction: float = 0.0
+    # items per chunk; the running mean is reported after each (pruning), so it matters only with --prune
+    chunk_size: int = identity_when(lambda settings: settings.prune, default=4)
+    prune: bool = False
     judge: Any = None  # a JudgeSpec with --vlm_metric judge, else None (the judge flags then change nothing)
-    on_judge_failure: str = "fail_trial"
-    min_judged_fraction: float = 0.5
+    on_judge_failure: str = outside_identity(default="fail_trial")  # what to do on an outage, never a score
+    min_judged_fraction: float = outside_identity(default=0.5)
 
 
 def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
