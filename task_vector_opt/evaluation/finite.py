@@ -31,7 +31,7 @@ def finite_logits_guard(model: Any) -> Iterator[None]:
     """While open, any forward pass of ``model`` whose output head gives NaN/inf logits raises NonFiniteLogits.
 
     The hook sits on the output embedding (lm_head), before any logit soft-capping could hide an overflow.
-    Its cost is one float64 sum of the logits per forward pass (no logits-sized mask)."""
+    Its cost is one min/max reduction over the logits per forward pass (no logits-sized mask)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     target = head if head is not None else model
 
