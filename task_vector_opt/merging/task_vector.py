@@ -9,7 +9,7 @@ tuned are never both resident. Rules for the awkward cases:
 - Tied embeddings: a target whose lm_head is tied to embed_tokens has one tensor,
   which gets the embed_tokens delta. An untied target with tied base/tuned gets
   the embed_tokens delta on lm_head too (that is what tuned - base means there).
-- Inputs that lie: a tensor of base or tuned with NaN or infinite values is refused (one isfinite reduction
+- Inputs that lie: a tensor of base or tuned with NaN or infinite values is refused (one min/max reduction
   per stored delta as it streams); a base/tuned pair of another architecture than the target, with the
   target's names and shapes, is applied with one warning naming both.
 """
@@ -62,7 +62,6 @@ def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles) 
 def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dtype, store_device: str | torch.device,
                       skip_embed: bool = False) -> dict[str, VectorEntry]:
     """Return {target parameter name: VectorEntry}, reading base and tuned one tensor at a time."""
-    warn_if_other_architecture(model, base_dir, tuned_dir)
     base, tuned = WeightFiles(base_dir, "--base_model"), WeightFiles(tuned_dir, "--tuned_model")
     embed_names = embedding_parameter_names(model)
     vector: dict[str, VectorEntry] = {}
@@ -104,6 +103,7 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
     finally:
         base.close()
         tuned.close()
+    warn_if_other_architecture(model, base_dir, tuned_dir)  # after the names and shapes were found to match
     if skipped_keys:
         log.info("--skip_embed: the embeddings (%s) were skipped; they keep the target's values",
                  ", ".join(sorted(skipped_keys)))
@@ -145,8 +145,7 @@ def warn_if_other_architecture(model, base_dir: Path, tuned_dir: Path) -> None:
             pair[flag] = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # validation already required a config.json; nothing to compare against
-    other = {flag: config for flag, config in pair.items() if config.get("model_type") != target["model_type"]}
-    if other:
+    if any(config.get("model_type") != target["model_type"] for config in pair.values()):
         pair_text = "; ".join(f"{flag} is {_architecture(config)}" for flag, config in pair.items())
         log.warning("%s, but the target is %s: another architecture with the same tensor names "
                     "and shapes; the task vector is applied as is, check that this pair is the one you meant",
