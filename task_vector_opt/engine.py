@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from task_vector_opt import __version__
 from task_vector_opt.cli.config import RunConfig
+from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
 from task_vector_opt.evaluation.protocol import Evaluator
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import Merger
@@ -92,7 +94,7 @@ def prepare(config: RunConfig) -> Workspace:
     base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
     tuned_dir = resolve(config.tuned, config.cache_dir, config.allow_pickle)
     model, tokenizer = load_model(target_dir, config.dtype, config.device, config.trust_remote_code,
-                                  config.allow_pickle)
+                                  config.allow_pickle, config.targets[0].flag)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     store_device = choose_store_device(config, model_bytes)
     vector = build_task_vector(model, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=store_device,
@@ -134,8 +136,9 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     result = result_of(config, study)
     candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k)
     result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
-    if result.holdout:
-        result.holdout["best"] = result.holdout[label_of(candidates, result.best_weights)]
+    best_label = label_of(candidates, result.best_weights)
+    if best_label in result.holdout:
+        result.holdout["best"] = result.holdout[best_label]
     save_best(config, ws, study, result)
     return result
 
@@ -154,7 +157,8 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
 
     def score(weights: dict[str, float], trial: optuna.Trial) -> tuple[float, dict]:
         ws.merger.apply(weights)
-        result = evaluator.score(ws.model, ws.tokenizer, trial)
+        with finite_logits_guard(ws.model):  # NaN/inf logits fail the trial (make_objective records why)
+            result = evaluator.score(ws.model, ws.tokenizer, trial)
         return result.value, result.details
 
     try:
@@ -213,13 +217,24 @@ def label_of(candidates: dict[str, dict[str, float]], weights: dict[str, float])
 
 def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer,
                   candidates: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Held-out scores of each candidate: items never used by the search, so overfitting shows."""
+    """Held-out scores of each candidate: items never used by the search, so overfitting shows.
+
+    A candidate whose model gives non-finite logits or a non-finite score gets no held-out score (a warning
+    says why); the others are still scored."""
     scores: dict[str, float] = {}
     for label, weights in candidates.items():
         merger.apply(weights)
-        outcome = evaluator.holdout(model, tokenizer)
+        try:
+            with finite_logits_guard(model):
+                outcome = evaluator.holdout(model, tokenizer)
+        except NonFiniteLogits as exc:
+            log.warning("holdout %s: %s; it gets no held-out score", label, exc)
+            continue
         if outcome is None:
             return {}
+        if not math.isfinite(outcome.value):
+            log.warning("holdout %s: the score is %s; it gets no held-out score", label, outcome.value)
+            continue
         scores[label] = outcome.value
         log.info("holdout %s: %.4f", label, outcome.value)
     return scores

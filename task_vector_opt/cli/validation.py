@@ -46,13 +46,17 @@ def validate(spec, args: argparse.Namespace) -> RunConfig:
 
 
 def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
-    """A local dir must hold a config and weights; anything else must look like a hub id."""
+    """A local dir must hold a config and weights that open (each *.safetensors: its header, and that the file
+    holds all the data the header declares); anything else must look like a hub id."""
     path = Path(source.spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UsageError(source.flag, f"directory {source.spec!r} has no config.json; point it at a saved "
                                           "Hugging Face model directory")
         if any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
+            from task_vector_opt.merging.models import check_weight_files
+
+            check_weight_files(path, source.flag)  # a truncated download or an HTML page, before any model loads
             return
         if any(any(path.glob(p)) for p in PICKLE_PATTERNS):
             if allow_pickle:

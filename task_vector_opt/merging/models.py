@@ -34,25 +34,108 @@ def resolve(source: ModelSource, cache_dir: str | None, allow_pickle: bool = Fal
                                       "check the id, your network, or give a local directory") from None
 
 
+def safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` cannot be read as safetensors, as a phrase for an error line; None when it opens.
+
+    The safetensors library checks the header and that the file holds exactly the data it declares; this only
+    turns its reason into words a user can act on (a short file is a download or copy that was cut off).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            return None
+    except SafetensorError as exc:
+        reason = first_line(exc).removeprefix("Error while deserializing header: ")
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    size = file.stat().st_size
+    declared = _declared_size(file, size)
+    if declared is None:
+        return f"is not a safetensors file ({reason}); replace it with the model's real weights"
+    if declared > size:
+        return (f"is truncated: it holds {size} bytes but its header declares {declared}; download or copy the "
+                "model again")
+    return f"is damaged ({reason}); download or copy the model again"
+
+
+def _declared_size(file: Path, size: int) -> int | None:
+    """The size a safetensors header says its file has (8 + header + data), or None when there is no such header."""
+    with file.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return None
+        header_length = int.from_bytes(prefix, "little")
+        if header_length > min(size - 8, 100 * 2**20):  # the library's own header limit is 100 MB
+            return None
+        try:
+            header = json.loads(handle.read(header_length))
+            data_end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"),
+                           default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None
+    return 8 + header_length + data_end
+
+
+def check_weight_files(directory: Path, flag: str | None) -> None:
+    """Every *.safetensors file in ``directory`` must open; the first that does not is a UsageError naming it."""
+    for file in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise UsageError(flag, f"weight file {file} {problem}")
+
+
+def nonfinite_kinds(tensor: torch.Tensor) -> str | None:
+    """'nan', 'inf' or 'nan and inf' when ``tensor`` holds such values; None when every value is finite.
+
+    One min/max reduction on the happy path: NaN and infinities reach the minimum or the maximum, and unlike
+    ``isfinite(t).all()`` or a sum in a wider dtype it allocates nothing tensor-sized (measured on CPU)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return None
+    low, high = torch.aminmax(tensor)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return None
+    kinds = [kind for kind, present in (("nan", tensor.isnan().any()), ("inf", tensor.isinf().any())) if present]
+    return " and ".join(kinds)
+
+
+def require_finite(tensor: torch.Tensor, name: str, flag: str | None, directory: Path, note: str = "") -> None:
+    """A UsageError naming the model (flag and path) and the tensor when ``tensor`` holds NaN or infinite values."""
+    kinds = nonfinite_kinds(tensor)
+    if kinds is not None:
+        raise UsageError(flag, f"tensor {name} of {directory} holds non-finite values ({kinds}){note}; a model "
+                               "with NaN or infinite weights cannot be merged: check the model or download it again")
+
+
 class WeightFiles:
-    """Lazy, tensor-by-tensor access to a model directory's safetensors (sharded or not)."""
+    """Lazy, tensor-by-tensor access to a model directory's safetensors (sharded or not).
 
-    def __init__(self, directory: Path):
-        from safetensors import safe_open
+    ``flag`` (e.g. --tuned_model) is named in the one-line error when a file cannot be read."""
 
+    def __init__(self, directory: Path, flag: str | None = None):
         self.directory = directory
+        self.flag = flag
         index = directory / "model.safetensors.index.json"
         if index.is_file():
             weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
         else:
             weight_map = {}
             for file in sorted(directory.glob("*.safetensors")):
-                with safe_open(str(file), framework="pt") as handle:
+                with self._open(file) as handle:
                     weight_map.update({key: file.name for key in handle.keys()})
         if not weight_map:
-            raise UsageError(None, f"{directory} has no safetensors weights")
+            raise UsageError(flag, f"{directory} has no safetensors weights")
         self.weight_map = weight_map
         self._handles: dict[str, Any] = {}
+
+    def _open(self, file: Path):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            return safe_open(str(file), framework="pt", device="cpu")
+        except (SafetensorError, OSError):
+            problem = safetensors_problem(file) if file.is_file() else "is missing"
+            raise UsageError(self.flag, f"weight file {file} {problem or 'cannot be read'}") from None
 
     def keys(self) -> list[str]:
         return list(self.weight_map)
@@ -61,11 +144,9 @@ class WeightFiles:
         return key in self.weight_map
 
     def _handle(self, key: str):
-        from safetensors import safe_open
-
         file = self.weight_map[key]
         if file not in self._handles:
-            self._handles[file] = safe_open(str(self.directory / file), framework="pt", device="cpu")
+            self._handles[file] = self._open(self.directory / file)
         return self._handles[file]
 
     def get(self, key: str) -> torch.Tensor:
@@ -87,18 +168,29 @@ def auto_class_for(config):
     return AutoModelForImageTextToText if is_vlm_config(config) else AutoModelForCausalLM
 
 
-def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool):
+def load_model(directory: Path, dtype: str, device: str, trust_remote_code: bool, allow_pickle: bool,
+               flag: str | None = None):
     """Load a causal LM (or a vision-language model, with its own class) for scoring and merging, with its
-    tokenizer."""
+    tokenizer.
+
+    A weight file that cannot be read, or a parameter with NaN or infinite values (also one that overflows
+    ``dtype``), is a UsageError naming ``flag`` (e.g. --target_model), the file or the tensor."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    model = auto_class_for(config).from_pretrained(
-        directory, dtype=DTYPES[dtype], device_map=device, use_safetensors=not allow_pickle or None,
-        trust_remote_code=trust_remote_code,
-    )
+    try:
+        model = auto_class_for(config).from_pretrained(
+            directory, dtype=DTYPES[dtype], device_map=device, use_safetensors=not allow_pickle or None,
+            trust_remote_code=trust_remote_code,
+        )
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        check_weight_files(directory, flag)  # names the broken file when that is the cause
+        raise
     model.eval()
     model.requires_grad_(False)
+    for name, param in model.named_parameters():  # the target's originals: the merger keeps these values
+        require_finite(param, name, flag, directory, f" (loaded as {dtype})")
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     return model, tokenizer
 

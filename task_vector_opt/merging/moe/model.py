@@ -26,7 +26,7 @@ import torch
 from task_vector_opt.engine import HOST_RESERVE, RunResult, Workspace, recipe
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.files import atomic_directory, write_json_atomic, write_side_files
-from task_vector_opt.merging.models import DTYPES, WeightFiles, load_model, resolve
+from task_vector_opt.merging.models import DTYPES, WeightFiles, load_model, require_finite, resolve
 from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
 from task_vector_opt.merging.task_vector import VectorEntry, build_task_vector
 
@@ -97,7 +97,8 @@ def _set_parameter(root: torch.nn.Module, name: str, param: torch.nn.Parameter) 
 class InMemoryMoE:
     """A MixtralForCausalLM that shares the MoE base expert's dense parameters, plus views of each expert slot."""
 
-    def __init__(self, dense, expert_dirs: list[Path], base_index: int, experts_per_token: int):
+    def __init__(self, dense, expert_dirs: list[Path], base_index: int, experts_per_token: int,
+                 expert_flags: list[str] | None = None):
         from transformers import MixtralForCausalLM
 
         self.dense = dense
@@ -114,7 +115,8 @@ class InMemoryMoE:
         if config.tie_word_embeddings:
             moe.lm_head.weight = moe.model.embed_tokens.weight
         inter, hidden = config.intermediate_size, config.hidden_size
-        files = [None if i == base_index else WeightFiles(d) for i, d in enumerate(expert_dirs)]
+        flags = expert_flags or [None] * len(expert_dirs)  # named in the error when a target's file lies
+        files = [None if i == base_index else WeightFiles(d, flags[i]) for i, d in enumerate(expert_dirs)]
         try:
             for index, layer in enumerate(moe.model.layers):
                 experts = layer.mlp.experts
@@ -132,7 +134,11 @@ class InMemoryMoE:
                             view.copy_(params[name].data)
                             _set_parameter(dense, name, torch.nn.Parameter(view, requires_grad=False))
                         else:
-                            view.copy_(files[expert].get(_file_key(name, files[expert])))
+                            key = _file_key(name, files[expert])
+                            view.copy_(files[expert].get(key))
+                            # in the run's dtype, as the merger keeps it: a value that overflows it counts too
+                            require_finite(view, key, files[expert].flag, files[expert].directory,
+                                           f" (loaded as {str(dtype).removeprefix('torch.')})")
         finally:
             for handle in files:
                 if handle is not None:
@@ -392,8 +398,10 @@ def prepare(config) -> MoEWorkspace:
     base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
     tuned_dir = resolve(config.tuned, config.cache_dir, config.allow_pickle)
     dense, tokenizer = load_model(expert_dirs[settings.base_index], config.dtype, config.device,
-                                  config.trust_remote_code, config.allow_pickle)
-    moe = InMemoryMoE(dense, expert_dirs, settings.base_index, settings.experts_per_token)
+                                  config.trust_remote_code, config.allow_pickle,
+                                  config.targets[settings.base_index].flag)
+    moe = InMemoryMoE(dense, expert_dirs, settings.base_index, settings.experts_per_token,
+                      [t.flag for t in config.targets])
     itemsize = DTYPES[config.dtype].itemsize
     dense_names = [n for n, _ in dense.named_parameters()]
     dense_bytes = sum(p.numel() for p in dense.parameters()) * itemsize
