@@ -243,7 +243,7 @@ BENCH_FLAGS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# MoE scripts (task_vector_opt.merging.moe.model, checked by moe_config.moe_settings_from_args).
+# MoE scripts (task_vector_opt.merging.moe, checked by merging.moe.config.moe_settings_from_args).
 def moe_target_flags(max_experts: int) -> list[Flag]:
     return [Flag(f"--target_model_{i}", f"Target of expert {i}: hub id or local dir; expert {i} is this target + "
                  "w * (tuned - base) with its own weights" + (" (required)" if i <= 2 else " (optional)") + ".")

@@ -92,7 +92,7 @@ MT_BENCH = PipelineSpec(
 )
 
 
-# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe.model).
+# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe).
 def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
     from task_vector_opt.merging.moe.config import check_expert_output_dirs, moe_settings_from_args
 
@@ -114,19 +114,19 @@ def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelS
 
 
 def _moe_prepare(config):
-    from task_vector_opt.merging.moe.model import prepare
+    from task_vector_opt.merging.moe.workspace import prepare
 
     return prepare(config)
 
 
 def _moe_plan(config, evaluator_line: str) -> str:
-    from task_vector_opt.merging.moe.model import dry_run_plan
+    from task_vector_opt.merging.moe.plan import dry_run_plan
 
     return dry_run_plan(config, evaluator_line)
 
 
 def _moe_summary(config, result) -> str:
-    from task_vector_opt.merging.moe.model import summary_lines
+    from task_vector_opt.merging.moe.save import summary_lines
 
     return summary_lines(config, result)
 

@@ -60,6 +60,11 @@ class WeightFiles:
     def __contains__(self, key: str) -> bool:
         return key in self.weight_map
 
+    def key_for(self, name: str) -> str | None:
+        """The file key that holds parameter ``name``: checkpoints store names with or without the
+        ``model.`` prefix the loaded model uses; None when the files hold neither."""
+        return next((key for key in (name, name.removeprefix("model."), f"model.{name}") if key in self), None)
+
     def _handle(self, key: str):
         from safetensors import safe_open
 

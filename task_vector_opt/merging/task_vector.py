@@ -38,11 +38,6 @@ def embedding_parameter_names(model) -> set[str]:
     return {name for name, p in model.named_parameters() if id(p) in wanted}
 
 
-def _file_key(name: str, files: WeightFiles) -> str | None:
-    candidates = [name, name.removeprefix("model."), f"model.{name}"]
-    return next((key for key in candidates if key in files), None)
-
-
 def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles) -> str | None:
     """An untied target's lm_head, when base/tuned files store only the (tied) embedding."""
     output = model.get_output_embeddings()
@@ -52,7 +47,7 @@ def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles) 
     if name not in output_names:
         return None
     input_name = next(n for n in embed_names if n not in output_names)
-    return _file_key(input_name, files)
+    return files.key_for(input_name)
 
 
 def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dtype, store_device: str | torch.device,
@@ -69,7 +64,7 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
                 continue
             keys = []
             for label, files in (("--base_model", base), ("--tuned_model", tuned)):
-                key = _file_key(name, files) or _tied_fallback(name, embed_names, model, files)
+                key = files.key_for(name) or _tied_fallback(name, embed_names, model, files)
                 if key is None:
                     raise TaskVectorMismatch(f"tensor {name} (shape {tuple(param.shape)}) of the target is missing "
                                              f"from {label} ({files.directory}); the models must share an "
