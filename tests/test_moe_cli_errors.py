@@ -148,3 +148,36 @@ def test_rerunning_with_save_moe_resumes_the_same_study_and_another_gate_mode_do
 def test_mistyped_target_path_is_reported_before_any_config_is_fetched(models, tmp_path, capsys):
     fails_with(args(models, tmp_path, models["target"], tmp_path / "no" / "such-model"), capsys, "--target_model_2",
                "such-model")
+
+
+@pytest.mark.parametrize("payload,fragments", [
+    ({"gate_mode": "random", "experts": [{"source_model": "target_model_1"}, {"source_model": "target_model_2"}],
+      "moe_layers": 2}, ("unknown key(s) moe_layers", "mergekit-moe keys are")),
+    ({"experts": [{"source_model": "target_model_1"}, {"positive_prompts": ["x"]}]}, ("expert 2 needs a source_model",)),
+    ({"experts": [{"source_model": "target_model_1", "prompt": "x"}, {"source_model": "target_model_2"}]},
+     ("expert 1 has unknown key(s) prompt",)),
+    ({"experts": [{"source_model": "target_model_1", "positive_prompts": "math"},
+                  {"source_model": "target_model_2"}]}, ("expert 1 positive_prompts must be a list of strings",)),
+    ({"experts": [{"source_model": "target_model_1", "noise_scale": 0.1}, {"source_model": "target_model_2"}]},
+     ("expert 1 sets noise_scale",)),
+    ({"experts": []}, ("non-empty 'experts' list",)),
+    ({"experts_per_token": "two", "experts": [{"source_model": "target_model_1"}, {"source_model": "target_model_2"}]},
+     ("experts_per_token",)),
+])
+def test_config_breaking_the_mergekit_moe_schema_is_one_line(models, tmp_path, capsys, payload, fragments):
+    config = write_yaml(tmp_path, payload)
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
+               "--moe_config", *fragments)
+
+
+def test_the_mergekit_moe_yaml_written_beside_a_saved_moe_reads_back_through_the_same_schema(tmp_path):
+    from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings, _read_yaml
+    from task_vector_opt.merging.moe.save import mergekit_yaml
+
+    settings = MoESettings(n_experts=2, base_index=1, gate_mode="hidden", experts_per_token=1, gate_seed=0,
+                           prompts=[ExpertPrompts(["数学"], ["小説"]), ExpertPrompts(["小説"])], save_moe=True)
+    path = tmp_path / "mergekit_moe.yaml"
+    path.write_text(mergekit_yaml(settings, [tmp_path / "out-1", tmp_path / "out-2"], "float16"), encoding="utf-8")
+    config = _read_yaml(str(path))
+    assert config.base_model == str(tmp_path / "out-2") and config.gate_mode == "hidden" and config.dtype == "float16"
+    assert [(e.positive_prompts, e.negative_prompts) for e in config.experts] == [(["数学"], ["小説"]), (["小説"], None)]

@@ -11,7 +11,7 @@ import torch
 from task_vector_opt.engine import RunResult, recipe
 from task_vector_opt.files import atomic_directory, write_json_atomic, write_side_files
 from task_vector_opt.merging.models import DTYPES, WeightFiles
-from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
+from task_vector_opt.merging.moe.config import MergekitMoEConfig, MoEExpertEntry, MoESettings, expert_output_dir
 from task_vector_opt.merging.moe.layout import expert_label, expert_weights, mlp_location
 
 if TYPE_CHECKING:  # the workspace module imports this one to wire its save step
@@ -72,22 +72,19 @@ def expert_live_tensors(ws: MoEWorkspace, expert: int) -> dict[str, torch.Tensor
 
 
 def mergekit_yaml(settings: MoESettings, expert_paths: list[Path], dtype: str) -> str:
+    """mergekit-moe's config for this MoE, through the same schema --moe_config is read with."""
     import yaml
 
-    config = {
-        "base_model": str(expert_paths[settings.base_index]),
-        "gate_mode": settings.gate_mode,
-        "dtype": dtype,
-        "experts_per_token": settings.experts_per_token,
-        "experts": [{"source_model": str(path),
-                     **({"positive_prompts": p.positive} if p.positive else {}),
-                     **({"negative_prompts": p.negative} if p.negative else {})}
-                    for path, p in zip(expert_paths, settings.prompts)],
-    }
+    config = MergekitMoEConfig(
+        base_model=str(expert_paths[settings.base_index]), gate_mode=settings.gate_mode, dtype=dtype,
+        experts_per_token=settings.experts_per_token,
+        experts=[MoEExpertEntry(source_model=str(path), positive_prompts=p.positive or None,
+                                negative_prompts=p.negative or None)
+                 for path, p in zip(expert_paths, settings.prompts)])
     note = ("# mergekit-moe config that rebuilds this MoE from the saved experts: mergekit-moe THIS_FILE OUT_DIR\n"
             + ("# gate_mode random: mergekit draws its own random routers; this MoE's routers came from "
                f"--gate_seed {settings.gate_seed}\n" if settings.gate_mode == "random" else ""))
-    return note + yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
+    return note + yaml.safe_dump(config.model_dump(exclude_none=True), allow_unicode=True, sort_keys=False)
 
 
 def save_outputs(config, result: RunResult, ws: MoEWorkspace, report_files: dict | None = None) -> Path:
