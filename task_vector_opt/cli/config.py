@@ -11,6 +11,20 @@ WEIGHT_PATTERNS = ("*.safetensors",)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 
 
+def is_hub_id(text: str) -> bool:
+    """True when ``text`` names a Hugging Face hub repo (``org/name`` or ``name``) rather than a local path:
+    nothing exists at that path, it is not written like a path, and the hub accepts it as a repo id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or "\\" in text:
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A model given as a hub id or a local directory."""
@@ -21,6 +35,10 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return Path(self.spec).expanduser().is_dir()
+
+    @property
+    def is_hub_id(self) -> bool:
+        return is_hub_id(self.spec)
 
 
 @dataclass

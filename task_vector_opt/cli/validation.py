@@ -48,16 +48,9 @@ def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
         raise UsageError(source.flag, f"directory {source.spec!r} has no *.safetensors weights")
     if path.exists():
         raise UsageError(source.flag, f"{source.spec!r} is a file, not a model directory or a hub id")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    looks_like_path = source.spec.startswith((".", "/", "~")) or "\\" in source.spec or source.spec.count("/") > 1
-    try:
-        if looks_like_path:
-            raise HFValidationError("path")
-        validate_repo_id(source.spec)
-    except HFValidationError:
+    if not source.is_hub_id:
         raise UsageError(source.flag, f"{source.spec!r} is neither a directory with model weights nor a Hugging Face "
-                                      "hub id (like mistralai/Mistral-7B-v0.1); check the path") from None
+                                      "hub id (like mistralai/Mistral-7B-v0.1); check the path")
 
 
 def check_writable_dir(flag: str, value: str) -> None:

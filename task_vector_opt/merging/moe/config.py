@@ -234,9 +234,8 @@ def _check_prompts(gate_mode: str, prompts: list[ExpertPrompts], origin: str) ->
 
 
 def _read_model_config(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> dict[str, Any]:
-    path = Path(source.spec).expanduser()
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if source.is_local:
+        return json.loads((Path(source.spec).expanduser() / "config.json").read_text(encoding="utf-8"))
     from transformers import AutoConfig
 
     try:
