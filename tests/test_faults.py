@@ -30,6 +30,8 @@ N_TRIALS = 6
 class FaultyEvaluator:
     """Scores the live model by a smooth function of its weights; trial numbers in ``faults`` misbehave."""
 
+    pruner = None  # trials run to the end
+
     def __init__(self, faults: dict[int, str]):
         self.faults = faults
         self.big_tensors: list[weakref.ref] = []

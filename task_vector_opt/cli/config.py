@@ -5,7 +5,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:  # the settings types live with their pipelines; importing them here would load those stages
+    from task_vector_opt.evaluation.jglue import JGLUESettings
+    from task_vector_opt.evaluation.mt_bench import MTBenchSettings
+    from task_vector_opt.merging.moe.config import MoESettings
 
 WEIGHT_PATTERNS = ("*.safetensors",)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
@@ -41,6 +46,12 @@ class ModelSource:
         return is_hub_id(self.spec)
 
 
+class PipelineExtras(TypedDict, total=False):
+    """Settings only some pipelines have, validated by their ``extra_from_args``; part of the study's identity."""
+
+    moe: MoESettings
+
+
 @dataclass
 class RunConfig:
     pipeline: str
@@ -73,8 +84,8 @@ class RunConfig:
     search_only: bool = False  # a worker that searches and saves nothing
     finalize: bool = False  # no search: holdout and save
     save_on_interrupt: bool = False
-    evaluator: Any = None  # the pipeline's own evaluator settings (a dataclass)
-    extra: dict[str, Any] = field(default_factory=dict)
+    evaluator: JGLUESettings | MTBenchSettings | None = None  # the pipeline's own evaluator settings
+    extra: PipelineExtras = field(default_factory=lambda: PipelineExtras())
 
     def recipe_inputs(self) -> dict[str, Any]:
         """The inputs that define the merge and the search (used in the recipe and the study name)."""

@@ -48,12 +48,13 @@ class Flag:
 SAMPLERS = ("TPE", "CMA-ES")
 SAMPLER_ALIASES = {"tpe": "TPE", "cma-es": "CMA-ES", "cmaes": "CMA-ES", "cma_es": "CMA-ES"}
 
+DTYPE_FLAG = Flag("--dtype", "Precision of the live model and the task vector.", "bfloat16",
+                  choices=("bfloat16", "float16", "float32"))
 MODEL_FLAGS = [
     Flag("--base_model", "Model subtracted to form the task vector (tuned - base): hub id or local dir."),
     Flag("--tuned_model", "Model the task vector is taken from (tuned - base): hub id or local dir."),
     Flag("--cache_dir", "Where hub downloads are cached (as in the original)."),
-    Flag("--dtype", "Precision of the live model and the task vector.", "bfloat16",
-         choices=("bfloat16", "float16", "float32")),
+    DTYPE_FLAG,
     Flag("--device", "Device of the live model: cuda, cuda:N, cpu or mps (default: cuda when available, else cpu)."),
     Flag("--vector_placement", "Where the target's original tensors and the task vector are kept: 'device' (fastest), "
          "'cpu' (saves 2x model size of GPU memory), 'auto' (device when it fits, else cpu).", "auto",

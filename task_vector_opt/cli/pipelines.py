@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from task_vector_opt import engine
-from task_vector_opt.cli.flags import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
-from task_vector_opt.cli.config import ModelSource
+from task_vector_opt.cli.flags import DTYPE_FLAG, JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
+from task_vector_opt.cli.config import ModelSource, PipelineExtras
 from task_vector_opt.errors import UploadFailed, first_line
 from task_vector_opt.cli.validation import validate
 from task_vector_opt.evaluation.protocol import Evaluator
@@ -33,7 +33,9 @@ class PipelineSpec:
     describe: Callable[[Any], str]  # one line for --dry_run
     targets_from_args: Callable[[argparse.Namespace], list[ModelSource]] = _single_target
     # Validates pipeline-specific flags (before any model loads) -> RunConfig.extra
-    extra_from_args: Callable[[argparse.Namespace, list[ModelSource]], dict[str, Any]] | None = None
+    extra_from_args: Callable[[argparse.Namespace, list[ModelSource]], PipelineExtras] | None = None
+    # The run's dtype (RunConfig.dtype), from the flags and the extras; default: --dtype as given
+    dtype_from_args: Callable[[argparse.Namespace, PipelineExtras], str] = lambda args, extra: args.dtype
     prepare: Callable[[Any], engine.Workspace] = engine.prepare  # loads the live model and its merger
     plan: Callable[[Any, str], str] = engine.dry_run_plan  # the --dry_run output
     summary: Callable[[Any, engine.RunResult], str] | None = None  # extra lines after the engine's summary
@@ -93,15 +95,18 @@ MT_BENCH = PipelineSpec(
 
 
 # MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe).
-def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> PipelineExtras:
     from task_vector_opt.merging.moe.config import check_expert_output_dirs, moe_settings_from_args
 
     settings = moe_settings_from_args(args, targets)
-    if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
-        args.dtype = settings.yaml_dtype or "bfloat16"
     if not args.search_only:  # a search-only worker saves no expert
         check_expert_output_dirs(args.output_dir, settings.n_experts, args.overwrite_output_dir)
-    return {"moe": settings}
+    return PipelineExtras(moe=settings)
+
+
+def _moe_dtype(args: argparse.Namespace, extra: PipelineExtras) -> str:
+    """--dtype when given, else the --moe_config's dtype, else the --dtype flag's own default."""
+    return args.dtype or extra["moe"].yaml_dtype or DTYPE_FLAG.default
 
 
 def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelSource]]:
@@ -147,6 +152,7 @@ def moe_mt_bench(n_experts: int) -> PipelineSpec:
         describe=MT_BENCH.describe,
         targets_from_args=_moe_targets(n_experts),
         extra_from_args=_moe_extra,
+        dtype_from_args=_moe_dtype,
         prepare=_moe_prepare,
         plan=_moe_plan,
         summary=_moe_summary,

@@ -26,7 +26,7 @@ def validate(spec, args: argparse.Namespace) -> RunConfig:
     check_sharing(args)
     targets = spec.targets_from_args(args)
     extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
-    config = build_config(spec.name, args, targets, settings, extra)
+    config = build_config(spec.name, args, targets, settings, extra, dtype=spec.dtype_from_args(args, extra))
     check_storage(config.storage, config.study_name if config.finalize else None)
     return config
 
@@ -140,7 +140,7 @@ def check_storage(url: str, finalize_study: str | None = None) -> None:
 
 
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
-                 extra: dict[str, Any] | None = None) -> RunConfig:
+                 extra: dict[str, Any] | None = None, dtype: str | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
     if args.optimize_mode not in OPTIMIZE_MODES:
         raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose all, layer or parameter")
@@ -173,7 +173,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         base=ModelSource("--base_model", args.base_model),
         tuned=ModelSource("--tuned_model", args.tuned_model),
         cache_dir=args.cache_dir,
-        dtype=args.dtype,
+        dtype=dtype or args.dtype,  # the pipeline may resolve it (the MoE: from its config file)
         device=device,
         vector_placement=args.vector_placement,
         skip_embed=args.skip_embed,

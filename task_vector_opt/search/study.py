@@ -21,7 +21,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from task_vector_opt.errors import SearchAborted, StudyStopped, UsageError, first_line
+from task_vector_opt.errors import SearchAborted, StudyStopped, TrialFailure, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def make_objective(group_names: list[str], weight_min: float, weight_max: float,
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             log.debug("trial %d traceback", trial.number, exc_info=True)  # --log_level DEBUG shows where
-            if getattr(exc, "stops_study", False):  # e.g. the judge is down and the user chose to stop
+            if isinstance(exc, TrialFailure) and exc.stops_study:  # e.g. the judge is down and the user chose to stop
                 trial.set_user_attr("stopped_study", True)
                 trial.study.stop()
             raise
