@@ -65,7 +65,7 @@ def trio(tmp_path_factory):
 
 
 def config_for(trio, tmp_path):
-    args = parse_namespace(JGLUE.cli, [
+    args = parse_namespace(JGLUE.command_line, [
         "--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
         str(trio["tuned"]), "--dtype", "float32", "--device", "cpu", "--optimize_mode", "parameter",
         "--n_trials", str(N_TRIALS), "--run_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "out"),

@@ -7,7 +7,7 @@ import yaml
 from task_vector_opt import engine
 from task_vector_opt.merging.moe import workspace as moe_workspace
 from task_vector_opt.cli.flags import run_cli
-from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, main
+from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
 from mini_bench import write_mini_bench
 from tiny_models import make_model, make_trio, save
@@ -47,8 +47,8 @@ def write_yaml(tmp_path, payload) -> str:
     return str(path)
 
 
-def fails_with(argv, capsys, flag, *fragments, spec=MT_BENCH_MOE_2):
-    return expect_usage_error(lambda a: main(spec, a), argv, capsys, flag, *fragments)
+def fails_with(argv, capsys, flag, *fragments, pipeline=MT_BENCH_MOE_2):
+    return expect_usage_error(lambda a: run_pipeline(pipeline, a), argv, capsys, flag, *fragments)
 
 
 def test_fewer_than_two_experts(models, tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_fewer_than_two_experts(models, tmp_path, capsys):
 def test_a_gap_in_the_target_numbers(models, tmp_path, capsys):
     argv = args(models, tmp_path, models["target"], models["target2"])
     argv[argv.index("--target_model_2")] = "--target_model_3"
-    fails_with(argv, capsys, "--target_model_3", "--target_model_2", spec=MT_BENCH_MOE_4)
+    fails_with(argv, capsys, "--target_model_3", "--target_model_2", pipeline=MT_BENCH_MOE_4)
 
 
 def test_experts_of_different_architectures(models, tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, caps
                                    "experts_per_token": 1, "experts": [
                                        {"source_model": "./chatvector-1", "positive_prompts": ["数学"]},
                                        {"source_model": "./chatvector-2", "positive_prompts": ["小説"]}]})
-    run_cli(lambda a: main(MT_BENCH_MOE_2, a),
+    run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a),
             args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config, "--dry_run"])
     out = capsys.readouterr().out
     plan = __import__("json").loads(out)
@@ -133,7 +133,7 @@ def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, caps
 
 
 def plan_of(argv, capsys):
-    run_cli(lambda a: main(MT_BENCH_MOE_2, a), argv + ["--dry_run"])
+    run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv + ["--dry_run"])
     return __import__("json").loads(capsys.readouterr().out)
 
 

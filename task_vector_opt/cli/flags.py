@@ -139,8 +139,8 @@ MT_BENCH_FLAGS = [
 ]
 
 @dataclass
-class Pipeline:
-    """What one entry script needs from the CLI."""
+class CommandLine:
+    """One entry script's command line: its name, description and flag groups (argparse is built from it)."""
 
     prog: str
     description: str
@@ -175,8 +175,8 @@ def parse_one_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     return parser.parse_args(argv)
 
 
-def parse_namespace(pipeline: Pipeline, argv: Sequence[str] | None) -> argparse.Namespace:
-    return parse_one_line(pipeline.parser(), argv)
+def parse_namespace(command_line: CommandLine, argv: Sequence[str] | None) -> argparse.Namespace:
+    return parse_one_line(command_line.parser(), argv)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """The entry scripts' pipelines: which flags each takes and which evaluator scores it.
 
-Every script runs the same path (``main``): parse and validate all flags, then either print the
-plan (--dry_run) or run the shared engine with the pipeline's evaluator.
+Every script runs the same path (``run_pipeline``): parse and validate all flags, then either print the
+plan (--dry_run) or run the shared engine with the pipeline's evaluator. An entry script is
+``script_main(JGLUE)``: the same path with one-line errors and exit codes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from task_vector_opt import engine
-from task_vector_opt.cli.flags import DTYPE_FLAG, JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
+from task_vector_opt.cli.flags import DTYPE_FLAG, JGLUE_FLAGS, MT_BENCH_FLAGS, CommandLine, Flag, parse_namespace, run_cli
 from task_vector_opt.cli.config import ModelSource, PipelineExtras
 from task_vector_opt.errors import UploadFailed, first_line
 from task_vector_opt.cli.validation import validate
@@ -25,9 +26,11 @@ def _single_target(args: argparse.Namespace) -> list[ModelSource]:
 
 
 @dataclass(frozen=True)
-class PipelineSpec:
+class Pipeline:
+    """What one entry script runs: its command line, its evaluator and, for the MoE, its own model stages."""
+
     name: str  # goes into the default study name
-    cli: Pipeline
+    command_line: CommandLine
     settings_from_args: Callable[[argparse.Namespace], Any]  # validates the evaluator flags
     make_evaluator: Callable[[Any, Path], Evaluator]  # (settings, run_dir) -> evaluator, built once per run
     describe: Callable[[Any], str]  # one line for --dry_run
@@ -71,9 +74,9 @@ def _mt_bench_flags() -> list[Flag]:
     return BENCH_FLAGS + JUDGE_FLAGS + MT_BENCH_FLAGS
 
 
-JGLUE = PipelineSpec(
+JGLUE = Pipeline(
     name="jglue",
-    cli=Pipeline(prog="merge_task_vector_jglue.py",
+    command_line=CommandLine(prog="merge_task_vector_jglue.py",
                  description="Find the weights w of target + w*(tuned - base) that maximize lm-eval task scores "
                              "(JGLUE by default), with Optuna.",
                  target_flags=[TARGET_FLAG], evaluator_flags=JGLUE_FLAGS),
@@ -82,9 +85,9 @@ JGLUE = PipelineSpec(
     describe=lambda s: f"lm-eval tasks {', '.join(s.tasks)}",
 )
 
-MT_BENCH = PipelineSpec(
+MT_BENCH = Pipeline(
     name="mt_bench",
-    cli=Pipeline(prog="merge_task_vector_mt_bench.py",
+    command_line=CommandLine(prog="merge_task_vector_mt_bench.py",
                  description="Find the weights w of target + w*(tuned - base) that maximize an MT-Bench-style bench "
                              "graded by an LLM judge, with Optuna.",
                  target_flags=[TARGET_FLAG], evaluator_flags=_mt_bench_flags),
@@ -136,12 +139,12 @@ def _moe_summary(config, result) -> str:
     return summary_lines(config, result)
 
 
-def moe_mt_bench(n_experts: int) -> PipelineSpec:
+def moe_mt_bench(n_experts: int) -> Pipeline:
     from task_vector_opt.cli.flags import MOE_FLAGS, moe_target_flags
 
-    return PipelineSpec(
+    return Pipeline(
         name=f"mt_bench_moe_{n_experts}",
-        cli=Pipeline(prog=f"merge_task_vector_mt_bench_moe_{n_experts}_experts.py",
+        command_line=CommandLine(prog=f"merge_task_vector_mt_bench_moe_{n_experts}_experts.py",
                      description=f"Build a Mixtral-style MoE of up to {n_experts} experts in memory (expert i = "
                                  "target_i + w_i*(tuned - base)) and find the weights that maximize an MT-Bench-style "
                                  "bench graded by an LLM judge, with Optuna.",
@@ -163,12 +166,13 @@ MT_BENCH_MOE_2 = moe_mt_bench(2)
 MT_BENCH_MOE_4 = moe_mt_bench(4)
 
 
-def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
-    args = parse_namespace(spec.cli, argv)
+def run_pipeline(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
+    """One run of ``pipeline`` on ``argv``; bad input raises UsageError before any model loads."""
+    args = parse_namespace(pipeline.command_line, argv)
     engine.setup_logging(args.log_level)
-    config = validate(spec, args)
+    config = validate(pipeline, args)
     if config.dry_run:
-        print(spec.plan(config, spec.describe(config.evaluator)))
+        print(pipeline.plan(config, pipeline.describe(config.evaluator)))
         return
     tracker = None
     if args.wandb:
@@ -177,14 +181,14 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
         tracker = WandbTracker(config.study_name, config.recipe_inputs())
     result = None
     try:
-        result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir), spec.prepare,
+        result = engine.run(config, lambda c: pipeline.make_evaluator(c.evaluator, c.run_dir), pipeline.prepare,
                             callbacks=[tracker] if tracker else [])
     finally:
         if tracker is not None:
             tracker.finish(result)
     engine.print_summary(result)
-    if spec.summary is not None and result.output_dir is not None:
-        print(spec.summary(config, result))
+    if pipeline.summary is not None and result.output_dir is not None:
+        print(pipeline.summary(config, result))
     if args.push_to_hub and result.output_dir is not None:
         from task_vector_opt.outputs.hub import push_folder
 
@@ -199,25 +203,6 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
         print(f"pushed to        : {url}")
 
 
-def jglue_main(argv: Sequence[str] | None = None) -> None:
-    main(JGLUE, argv)
-
-
-def mt_bench_main(argv: Sequence[str] | None = None) -> None:
-    main(MT_BENCH, argv)
-
-
-def main_jglue() -> None:
-    run_cli(jglue_main)
-
-
-def main_mt_bench() -> None:
-    run_cli(mt_bench_main)
-
-
-def main_mt_bench_moe_2() -> None:
-    run_cli(lambda argv: main(MT_BENCH_MOE_2, argv))
-
-
-def main_mt_bench_moe_4() -> None:
-    run_cli(lambda argv: main(MT_BENCH_MOE_4, argv))
+def script_main(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
+    """What an entry script runs: ``run_pipeline`` with bad input as one line on stderr and exit code 2."""
+    run_cli(lambda args: run_pipeline(pipeline, args), argv)

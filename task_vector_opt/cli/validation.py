@@ -20,7 +20,7 @@ from task_vector_opt.merging.grouping import OPTIMIZE_MODES
 
 
 def validate(spec, args: argparse.Namespace) -> RunConfig:
-    """All checks of one run of ``spec`` (a pipelines.PipelineSpec); returns the RunConfig, or raises the
+    """All checks of one run of ``spec`` (a pipelines.Pipeline); returns the RunConfig, or raises the
     first UsageError."""
     settings = spec.settings_from_args(args)
     check_sharing(args)
