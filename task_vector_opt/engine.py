@@ -270,7 +270,7 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
     """The plan, from config files only: no weights are read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    target_dir = config.targets[0].spec
+    target_dir = config.targets[0].name_or_path
     model_config = AutoConfig.from_pretrained(target_dir, cache_dir=config.cache_dir,
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):

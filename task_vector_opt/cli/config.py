@@ -34,16 +34,16 @@ def is_hub_id(text: str) -> bool:
 class ModelSource:
     """A model given as a hub id or a local directory."""
 
-    flag: str
-    spec: str
+    flag: str  # the flag it came from, for one-line errors
+    name_or_path: str  # as given: a hub id or a local directory (transformers' pretrained_model_name_or_path)
 
     @property
     def is_local(self) -> bool:
-        return Path(self.spec).expanduser().is_dir()
+        return Path(self.name_or_path).expanduser().is_dir()
 
     @property
     def is_hub_id(self) -> bool:
-        return is_hub_id(self.spec)
+        return is_hub_id(self.name_or_path)
 
 
 class PipelineExtras(TypedDict, total=False):
@@ -94,9 +94,9 @@ class RunConfig:
                  for k, v in self.extra.items()}
         return {
             "pipeline": self.pipeline,
-            "targets": [t.spec for t in self.targets],
-            "base_model": self.base.spec,
-            "tuned_model": self.tuned.spec,
+            "targets": [t.name_or_path for t in self.targets],
+            "base_model": self.base.name_or_path,
+            "tuned_model": self.tuned.name_or_path,
             "dtype": self.dtype,
             "skip_embed": self.skip_embed,
             "optimize_mode": self.optimize_mode,

@@ -19,37 +19,37 @@ from task_vector_opt.errors import UsageError
 from task_vector_opt.merging.grouping import OPTIMIZE_MODES
 
 
-def validate(spec, args: argparse.Namespace) -> RunConfig:
-    """All checks of one run of ``spec`` (a pipelines.Pipeline); returns the RunConfig, or raises the
+def validate(pipeline, args: argparse.Namespace) -> RunConfig:
+    """All checks of one run of ``pipeline`` (a pipelines.Pipeline); returns the RunConfig, or raises the
     first UsageError."""
-    settings = spec.settings_from_args(args)
+    settings = pipeline.settings_from_args(args)
     check_sharing(args)
-    targets = spec.targets_from_args(args)
-    extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
-    config = build_config(spec.name, args, targets, settings, extra, dtype=spec.dtype_from_args(args, extra))
+    targets = pipeline.targets_from_args(args)
+    extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
+    config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
     check_storage(config.storage, config.study_name if config.finalize else None)
     return config
 
 
 def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
     """A local dir must hold a config and weights; anything else must look like a hub id."""
-    path = Path(source.spec).expanduser()
+    path = Path(source.name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(source.flag, f"directory {source.spec!r} has no config.json; point it at a saved "
+            raise UsageError(source.flag, f"directory {source.name_or_path!r} has no config.json; point it at a saved "
                                           "Hugging Face model directory")
         if any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
             return
         if any(any(path.glob(p)) for p in PICKLE_PATTERNS):
             if allow_pickle:
                 return
-            raise UsageError(source.flag, f"directory {source.spec!r} holds only pickle weights (.bin/.pt); convert "
+            raise UsageError(source.flag, f"directory {source.name_or_path!r} holds only pickle weights (.bin/.pt); convert "
                                           "them to safetensors or pass --allow_pickle if you trust the file")
-        raise UsageError(source.flag, f"directory {source.spec!r} has no *.safetensors weights")
+        raise UsageError(source.flag, f"directory {source.name_or_path!r} has no *.safetensors weights")
     if path.exists():
-        raise UsageError(source.flag, f"{source.spec!r} is a file, not a model directory or a hub id")
+        raise UsageError(source.flag, f"{source.name_or_path!r} is a file, not a model directory or a hub id")
     if not source.is_hub_id:
-        raise UsageError(source.flag, f"{source.spec!r} is neither a directory with model weights nor a Hugging Face "
+        raise UsageError(source.flag, f"{source.name_or_path!r} is neither a directory with model weights nor a Hugging Face "
                                       "hub id (like mistralai/Mistral-7B-v0.1); check the path")
 
 
@@ -158,7 +158,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         raise UsageError("--weight_min", f"({args.weight_min}) must be lower than --weight_max ({args.weight_max})")
     for source in [*targets, ModelSource("--base_model", args.base_model), ModelSource("--tuned_model",
                                                                                          args.tuned_model)]:
-        if not source.spec:
+        if not source.name_or_path:
             raise UsageError(source.flag, "is required")
         check_model_source(source, args.allow_pickle)
     if args.cache_dir is not None:

@@ -73,8 +73,8 @@ def targets_from_args(args: argparse.Namespace, max_experts: int) -> list[ModelS
     """The experts' targets in order; gaps and fewer than two are errors."""
     given = [vars(args)[f"target_model_{i}"] for i in range(1, max_experts + 1)]  # flags made by moe_target_flags
     count = 0
-    for index, spec in enumerate(given, start=1):
-        if spec:
+    for index, name_or_path in enumerate(given, start=1):
+        if name_or_path:
             if count != index - 1:
                 raise UsageError(target_flag(index), f"is given but {target_flag(count + 1)} is not; number the "
                                                      "targets from 1 without gaps")
@@ -179,7 +179,7 @@ def _reference_index(reference: str, targets: list[ModelSource], source_models: 
             number = int(text[len(prefix):])
             return number - 1 if 1 <= number <= len(targets) else -1
     for index, target in enumerate(targets):
-        if text == target.spec or text.rstrip("/") == target.spec.rstrip("/"):
+        if text == target.name_or_path or text.rstrip("/") == target.name_or_path.rstrip("/"):
             return index
     return None
 
@@ -235,14 +235,14 @@ def _check_prompts(gate_mode: str, prompts: list[ExpertPrompts], origin: str) ->
 
 def _read_model_config(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> dict[str, Any]:
     if source.is_local:
-        return json.loads((Path(source.spec).expanduser() / "config.json").read_text(encoding="utf-8"))
+        return json.loads((Path(source.name_or_path).expanduser() / "config.json").read_text(encoding="utf-8"))
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source.spec, cache_dir=cache_dir,
+        return AutoConfig.from_pretrained(source.name_or_path, cache_dir=cache_dir,
                                           trust_remote_code=trust_remote_code).to_dict()
     except Exception as exc:  # the hub client raises many types; the user needs one line
-        raise UsageError(source.flag, f"could not read the config of {source.spec!r} ({type(exc).__name__}); check "
+        raise UsageError(source.flag, f"could not read the config of {source.name_or_path!r} ({type(exc).__name__}); check "
                                       "the id, your network, or give a local directory") from None
 
 
@@ -260,20 +260,20 @@ def check_expert_architectures(targets: list[ModelSource], cache_dir: str | None
     for source, config in zip(targets, configs):
         kind = config.get("model_type")
         if kind not in MIXTRAL_SOURCE_TYPES:
-            raise UsageError(source.flag, f"{source.spec!r} is a {kind!r} model; MoE experts must be Llama or "
+            raise UsageError(source.flag, f"{source.name_or_path!r} is a {kind!r} model; MoE experts must be Llama or "
                                           "Mistral models (they map onto Mixtral)")
         if config.get("attention_bias") or config.get("mlp_bias"):
-            raise UsageError(source.flag, f"{source.spec!r} has attention or MLP biases, which Mixtral has not; "
+            raise UsageError(source.flag, f"{source.name_or_path!r} has attention or MLP biases, which Mixtral has not; "
                                           "choose targets without biases")
         if kind != first.get("model_type"):
-            raise UsageError(source.flag, f"{source.spec!r} is a {kind!r} model but {targets[0].flag} is a "
+            raise UsageError(source.flag, f"{source.name_or_path!r} is a {kind!r} model but {targets[0].flag} is a "
                                           f"{first.get('model_type')!r} model; all experts must share one "
                                           "architecture")
         mine, theirs = _shape_of(config), _shape_of(first)
         differing = [k for k in SHAPE_FIELDS if mine[k] != theirs[k]]
         if differing:
             key = differing[0]
-            raise UsageError(source.flag, f"{source.spec!r} has {key}={mine[key]} but {targets[0].flag} has "
+            raise UsageError(source.flag, f"{source.name_or_path!r} has {key}={mine[key]} but {targets[0].flag} has "
                                           f"{theirs[key]}; all experts must have one shape")
 
 

@@ -18,7 +18,7 @@ def dry_run_plan(config, evaluator_line: str) -> str:
 
     settings: MoESettings = config.extra["moe"]
     base_source = config.targets[settings.base_index]
-    model_config = AutoConfig.from_pretrained(base_source.spec, cache_dir=config.cache_dir,
+    model_config = AutoConfig.from_pretrained(base_source.name_or_path, cache_dir=config.cache_dir,
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)

@@ -102,7 +102,7 @@ def save_outputs(config, result: RunResult, ws: MoEWorkspace, report_files: dict
         note = ("MoE base expert: every tensor is target + w * (tuned - base)" if expert == settings.base_index else
                 "only the MLP weights enter the MoE; they are target + w * (tuned - base), every other tensor is "
                 "the target's own")
-        side = {"merge_recipe.json": {**base_recipe, "expert": expert + 1, "target": config.targets[expert].spec,
+        side = {"merge_recipe.json": {**base_recipe, "expert": expert + 1, "target": config.targets[expert].name_or_path,
                                       "note": note, "weights": weights}}
         if expert == 0 and not settings.save_moe:
             side.update(report_files)
