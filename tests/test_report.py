@@ -173,3 +173,18 @@ def test_the_model_cards_reproduce_command_parses_with_the_real_script(pipeline_
     assert words[:2] == ["python", pipeline.command_line.prog] and (ROOT / pipeline.command_line.prog).is_file()
     args = parse_namespace(pipeline.command_line, words[2:])
     assert args.finalize and args.study_name == "study-x" and args.optuna_seed == 3
+
+
+def test_the_html_and_png_plots_are_drawn_from_one_plot_description(study):
+    from task_vector_opt.outputs.report import history_figure, history_plot, weights_figure, weights_plot
+
+    view = study_view(study)
+    history = history_plot(view)
+    assert history.trials == [n for n, _ in view.values] and history.best_so_far == view.best_so_far
+    assert sorted(line.label.split(":")[0] for line in history.baselines) == sorted(view.baselines)
+    figure = history_figure(history)  # the HTML's plot shows exactly the described points and lines
+    assert list(figure.data[0].y) == history.scores and list(figure.data[1].y) == history.best_so_far
+    assert [shape.y0 for shape in figure.layout.shapes] == [line.value for line in history.baselines]
+    weights = weights_plot(view)
+    bars = weights_figure(weights).data[0]
+    assert list(bars.x) == list(view.best_weights) and list(bars.y) == list(view.best_weights.values())
