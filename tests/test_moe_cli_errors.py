@@ -181,3 +181,18 @@ def test_the_mergekit_moe_yaml_written_beside_a_saved_moe_reads_back_through_the
     config = _read_yaml(str(path))
     assert config.base_model == str(tmp_path / "out-2") and config.gate_mode == "hidden" and config.dtype == "float16"
     assert [(e.positive_prompts, e.negative_prompts) for e in config.experts] == [(["数学"], ["小説"]), (["小説"], None)]
+
+
+def test_the_config_files_dtype_goes_into_the_run_config_and_the_parsed_flags_stay_as_given(models, tmp_path):
+    from task_vector_opt.cli.flags import parse_namespace
+    from task_vector_opt.cli.validation import validate
+
+    config_file = write_yaml(tmp_path, {"gate_mode": "random", "dtype": "fp16", "experts": [
+        {"source_model": "target_model_1"}, {"source_model": "target_model_2"}]})
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config_file]
+    parsed = parse_namespace(MT_BENCH_MOE_2.command_line, argv)
+    assert validate(MT_BENCH_MOE_2, parsed).dtype == "float16" and parsed.dtype is None
+    given = parse_namespace(MT_BENCH_MOE_2.command_line, argv + ["--dtype", "float32"])
+    assert validate(MT_BENCH_MOE_2, given).dtype == "float32"  # --dtype wins over the file
+    plain = parse_namespace(MT_BENCH_MOE_2.command_line, args(models, tmp_path, models["target"], models["target2"]))
+    assert validate(MT_BENCH_MOE_2, plain).dtype == "bfloat16"  # neither: the --dtype flag's own default
