@@ -85,7 +85,7 @@ class RunConfig:
     finalize: bool = False  # no search: holdout and save
     save_on_interrupt: bool = False
     evaluator: JGLUESettings | MTBenchSettings | None = None  # the pipeline's own evaluator settings
-    extra: PipelineExtras = field(default_factory=lambda: PipelineExtras())
+    extra: PipelineExtras = field(default_factory=PipelineExtras)
 
     def recipe_inputs(self) -> dict[str, Any]:
         """The inputs that define the merge and the search (used in the recipe and the study name)."""
