@@ -49,7 +49,7 @@ class RunResult:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     # The engine logs each trial itself (score, timing, the reason a trial failed); Optuna's own per-trial
     # warnings would repeat those with a traceback, also for a Ctrl-C.
@@ -126,7 +126,7 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     ws = prepare_workspace(config)
 
-    study = open_study(storage, config.study_name, config.sampler, config.seed, getattr(evaluator, "pruner", None),
+    study = open_study(storage, config.study_name, config.sampler, config.seed, evaluator.pruner,
                        ws.group_order if config.baseline_trials and not config.finalize else None)
     if not config.finalize:
         search(config, study, ws, evaluator, callbacks)
@@ -292,7 +292,7 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
     from task_vector_opt.merging.models import auto_class_for
     from task_vector_opt.merging.vlm import memory_plan, name_map_for
 
-    target_dir = config.targets[0].spec
+    target_dir = config.targets[0].name_or_path
     model_config = AutoConfig.from_pretrained(target_dir, cache_dir=config.cache_dir,
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):

@@ -25,6 +25,12 @@ class TaskVectorMismatch(UsageError):
         super().__init__(None, message)
 
 
+class TrialFailure(RuntimeError):
+    """A trial failed for a reason its evaluator understands; ``stops_study`` ends the search after it."""
+
+    stops_study: bool = False
+
+
 class SearchAborted(RuntimeError):
     """The search cannot go on (trials keep failing); completed trials stay in the storage."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
-from task_vector_opt.cli.pipelines import jglue_main
+from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
 from tiny_models import make_trio
 
@@ -30,8 +30,12 @@ def base_args(trio, tmp_path):
             str(trio["tuned"]), "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run")]
 
 
+def run_jglue(argv):
+    run_pipeline(JGLUE, argv)
+
+
 def fails_with(argv, capsys, flag, *fragments):
-    return expect_usage_error(jglue_main, argv, capsys, flag, *fragments)
+    return expect_usage_error(run_jglue, argv, capsys, flag, *fragments)
 
 
 def test_weight_min_not_below_weight_max(trio, tmp_path, capsys):
@@ -57,7 +61,7 @@ def test_unknown_sampler(trio, tmp_path, capsys):
 
 
 def test_sampler_names_are_case_insensitive(trio, tmp_path, capsys):
-    run_cli(jglue_main, base_args(trio, tmp_path) + ["--optuna_sampler", "cmaes", "--dry_run"])
+    run_cli(run_jglue, base_args(trio, tmp_path) + ["--optuna_sampler", "cmaes", "--dry_run"])
     assert '"sampler": "CMA-ES"' in capsys.readouterr().out
 
 
@@ -133,10 +137,9 @@ def test_the_launcher_reports_bad_input_quickly_with_exit_code_2(trio, tmp_path)
 
 
 def mt_fails_with(argv, capsys, flag, *fragments):
-    from task_vector_opt.cli.pipelines import mt_bench_main
 
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(mt_bench_main, argv)
+        run_cli(lambda a: run_pipeline(MT_BENCH, a), argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err, err

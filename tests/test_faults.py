@@ -30,6 +30,8 @@ N_TRIALS = 6
 class FaultyEvaluator:
     """Scores the live model by a smooth function of its weights; trial numbers in ``faults`` misbehave."""
 
+    pruner = None  # trials run to the end
+
     def __init__(self, faults: dict[int, str]):
         self.faults = faults
         self.big_tensors: list[weakref.ref] = []
@@ -63,7 +65,7 @@ def trio(tmp_path_factory):
 
 
 def config_for(trio, tmp_path):
-    args = parse_namespace(JGLUE.cli, [
+    args = parse_namespace(JGLUE.command_line, [
         "--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
         str(trio["tuned"]), "--dtype", "float32", "--device", "cpu", "--optimize_mode", "parameter",
         "--n_trials", str(N_TRIALS), "--run_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "out"),

@@ -2,10 +2,10 @@
 before any model loads (Python's float() accepts them; --weight_min nan used to reach Optuna)."""
 import pytest
 
+from task_vector_opt.merging.moe import workspace as moe_workspace
 from task_vector_opt import engine
 from task_vector_opt.cli import flags
-from task_vector_opt.cli.pipelines import MT_BENCH, MT_BENCH_MOE_2, JGLUE, main
-from task_vector_opt.merging.moe import model as moe
+from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
 from mini_bench import write_mini_bench
 from tiny_models import make_model, make_trio, save
@@ -30,7 +30,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, engine, moe)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
 
 
 def command_taking(flag: str, models, tmp_path):
@@ -45,7 +45,7 @@ def command_taking(flag: str, models, tmp_path):
                 (MT_BENCH_MOE_2, ["--target_model_1", str(models["target"]), "--target_model_2",
                                   str(models["target2"])] + common + bench)]
     for spec, argv in commands:
-        if any(flag in action.option_strings for action in spec.cli.parser()._actions):
+        if any(flag in action.option_strings for action in spec.command_line.parser()._actions):
             return spec, argv
     raise AssertionError(f"no script takes {flag}")
 
@@ -54,10 +54,10 @@ def command_taking(flag: str, models, tmp_path):
 @pytest.mark.parametrize("flag", FLOAT_FLAGS)
 def test_a_non_finite_float_flag_is_one_line_and_exit_2(models, tmp_path, capsys, flag, value):
     spec, argv = command_taking(flag, models, tmp_path)
-    expect_usage_error(lambda a: main(spec, a), argv + [f"{flag}={value}"], capsys, flag, repr(value), "finite")
+    expect_usage_error(lambda a: run_pipeline(spec, a), argv + [f"{flag}={value}"], capsys, flag, repr(value), "finite")
 
 
 @pytest.mark.parametrize("flag", ["--weight_max", "--judge_timeout"])
 def test_a_float_flag_that_is_no_number_is_one_line_and_exit_2(models, tmp_path, capsys, flag):
     spec, argv = command_taking(flag, models, tmp_path)
-    expect_usage_error(lambda a: main(spec, a), argv + [flag, "two"], capsys, flag, "'two'", "not a number")
+    expect_usage_error(lambda a: run_pipeline(spec, a), argv + [flag, "two"], capsys, flag, "'two'", "not a number")

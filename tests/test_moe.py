@@ -8,7 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from task_vector_opt.cli.config import ModelSource, RunConfig
 from task_vector_opt.engine import RunResult
-from task_vector_opt.merging.moe.model import prepare, random_router_vectors, hidden_router_vectors, save_outputs
+from task_vector_opt.merging.moe.routers import hidden_router_vectors, random_router_vectors
+from task_vector_opt.merging.moe.save import save_outputs
+from task_vector_opt.merging.moe.workspace import prepare
 from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings
 from task_vector_opt.merging.moe.on_disk import compose_moe_on_disk
 from tiny_models import make_moe_models, make_tokenizer
@@ -222,7 +224,7 @@ GIB = 2**30
 @pytest.mark.parametrize("n_experts,expected", [(2, ("cuda", "cuda")), (4, ("cpu", "cuda"))])
 def test_auto_placement_for_7b_experts_on_an_80_gb_gpu(n_experts, expected):
     """The README's table: Mistral-7B experts are 13.5 GiB, their MLPs 10.5 GiB (bfloat16)."""
-    from task_vector_opt.merging.moe.model import auto_placement
+    from task_vector_opt.merging.moe.placement import auto_placement
 
     dense, mlp = 13.49 * GIB, 10.5 * GIB
     moe_bytes = dense + (n_experts - 1) * mlp

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from task_vector_opt import engine
-from task_vector_opt.merging.moe import model as moe
+from task_vector_opt.merging.moe import workspace as moe_workspace
 from task_vector_opt.cli.flags import run_cli
-from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, main
+from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
 from mini_bench import write_mini_bench
 from tiny_models import make_model, make_trio, save
@@ -27,7 +27,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, engine, moe)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
 
 
 def args(models, tmp_path, *targets):
@@ -47,8 +47,8 @@ def write_yaml(tmp_path, payload) -> str:
     return str(path)
 
 
-def fails_with(argv, capsys, flag, *fragments, spec=MT_BENCH_MOE_2):
-    return expect_usage_error(lambda a: main(spec, a), argv, capsys, flag, *fragments)
+def fails_with(argv, capsys, flag, *fragments, pipeline=MT_BENCH_MOE_2):
+    return expect_usage_error(lambda a: run_pipeline(pipeline, a), argv, capsys, flag, *fragments)
 
 
 def test_fewer_than_two_experts(models, tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_fewer_than_two_experts(models, tmp_path, capsys):
 def test_a_gap_in_the_target_numbers(models, tmp_path, capsys):
     argv = args(models, tmp_path, models["target"], models["target2"])
     argv[argv.index("--target_model_2")] = "--target_model_3"
-    fails_with(argv, capsys, "--target_model_3", "--target_model_2", spec=MT_BENCH_MOE_4)
+    fails_with(argv, capsys, "--target_model_3", "--target_model_2", pipeline=MT_BENCH_MOE_4)
 
 
 def test_experts_of_different_architectures(models, tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, caps
                                    "experts_per_token": 1, "experts": [
                                        {"source_model": "./chatvector-1", "positive_prompts": ["数学"]},
                                        {"source_model": "./chatvector-2", "positive_prompts": ["小説"]}]})
-    run_cli(lambda a: main(MT_BENCH_MOE_2, a),
+    run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a),
             args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config, "--dry_run"])
     out = capsys.readouterr().out
     plan = __import__("json").loads(out)
@@ -133,7 +133,7 @@ def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, caps
 
 
 def plan_of(argv, capsys):
-    run_cli(lambda a: main(MT_BENCH_MOE_2, a), argv + ["--dry_run"])
+    run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv + ["--dry_run"])
     return __import__("json").loads(capsys.readouterr().out)
 
 
@@ -148,3 +148,51 @@ def test_rerunning_with_save_moe_resumes_the_same_study_and_another_gate_mode_do
 def test_mistyped_target_path_is_reported_before_any_config_is_fetched(models, tmp_path, capsys):
     fails_with(args(models, tmp_path, models["target"], tmp_path / "no" / "such-model"), capsys, "--target_model_2",
                "such-model")
+
+
+@pytest.mark.parametrize("payload,fragments", [
+    ({"gate_mode": "random", "experts": [{"source_model": "target_model_1"}, {"source_model": "target_model_2"}],
+      "moe_layers": 2}, ("unknown key(s) moe_layers", "mergekit-moe keys are")),
+    ({"experts": [{"source_model": "target_model_1"}, {"positive_prompts": ["x"]}]}, ("expert 2 needs a source_model",)),
+    ({"experts": [{"source_model": "target_model_1", "prompt": "x"}, {"source_model": "target_model_2"}]},
+     ("expert 1 has unknown key(s) prompt",)),
+    ({"experts": [{"source_model": "target_model_1", "positive_prompts": "math"},
+                  {"source_model": "target_model_2"}]}, ("expert 1 positive_prompts must be a list of strings",)),
+    ({"experts": [{"source_model": "target_model_1", "noise_scale": 0.1}, {"source_model": "target_model_2"}]},
+     ("expert 1 sets noise_scale",)),
+    ({"experts": []}, ("non-empty 'experts' list",)),
+    ({"experts_per_token": "two", "experts": [{"source_model": "target_model_1"}, {"source_model": "target_model_2"}]},
+     ("experts_per_token",)),
+])
+def test_config_breaking_the_mergekit_moe_schema_is_one_line(models, tmp_path, capsys, payload, fragments):
+    config = write_yaml(tmp_path, payload)
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config], capsys,
+               "--moe_config", *fragments)
+
+
+def test_the_mergekit_moe_yaml_written_beside_a_saved_moe_reads_back_through_the_same_schema(tmp_path):
+    from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings, _read_yaml
+    from task_vector_opt.merging.moe.save import mergekit_yaml
+
+    settings = MoESettings(n_experts=2, base_index=1, gate_mode="hidden", experts_per_token=1, gate_seed=0,
+                           prompts=[ExpertPrompts(["数学"], ["小説"]), ExpertPrompts(["小説"])], save_moe=True)
+    path = tmp_path / "mergekit_moe.yaml"
+    path.write_text(mergekit_yaml(settings, [tmp_path / "out-1", tmp_path / "out-2"], "float16"), encoding="utf-8")
+    config = _read_yaml(str(path))
+    assert config.base_model == str(tmp_path / "out-2") and config.gate_mode == "hidden" and config.dtype == "float16"
+    assert [(e.positive_prompts, e.negative_prompts) for e in config.experts] == [(["数学"], ["小説"]), (["小説"], None)]
+
+
+def test_the_config_files_dtype_goes_into_the_run_config_and_the_parsed_flags_stay_as_given(models, tmp_path):
+    from task_vector_opt.cli.flags import parse_namespace
+    from task_vector_opt.cli.validation import validate
+
+    config_file = write_yaml(tmp_path, {"gate_mode": "random", "dtype": "fp16", "experts": [
+        {"source_model": "target_model_1"}, {"source_model": "target_model_2"}]})
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", config_file]
+    parsed = parse_namespace(MT_BENCH_MOE_2.command_line, argv)
+    assert validate(MT_BENCH_MOE_2, parsed).dtype == "float16" and parsed.dtype is None
+    given = parse_namespace(MT_BENCH_MOE_2.command_line, argv + ["--dtype", "float32"])
+    assert validate(MT_BENCH_MOE_2, given).dtype == "float32"  # --dtype wins over the file
+    plain = parse_namespace(MT_BENCH_MOE_2.command_line, args(models, tmp_path, models["target"], models["target2"]))
+    assert validate(MT_BENCH_MOE_2, plain).dtype == "bfloat16"  # neither: the --dtype flag's own default

@@ -29,7 +29,7 @@ def tiny():
 
 def evaluator(tmp_path, server, *extra):
     write_mini_bench(tmp_path / "data")
-    args = MT_BENCH.cli.parser().parse_args([
+    args = MT_BENCH.command_line.parser().parse_args([
         "--bench_dir", str(tmp_path / "data"), "--bench_name", "mini",
         "--judge_file", str(tmp_path / "data" / "judge_prompts.jsonl"),
         "--judge_backend", "openai-compatible", "--judge_base_url", server.url, "--judge_model_name", "test-judge",

@@ -16,8 +16,8 @@ def flags(parser):
                    if opt.startswith("--") and opt != "--help"})
 
 
-@pytest.mark.parametrize("parser", [JGLUE.cli.parser(), MT_BENCH.cli.parser(), MT_BENCH_MOE_2.cli.parser(),
-                                    MT_BENCH_MOE_4.cli.parser(), report_parser()], ids=lambda p: p.prog)
+@pytest.mark.parametrize("parser", [JGLUE.command_line.parser(), MT_BENCH.command_line.parser(), MT_BENCH_MOE_2.command_line.parser(),
+                                    MT_BENCH_MOE_4.command_line.parser(), report_parser()], ids=lambda p: p.prog)
 def test_every_flag_is_documented_in_both_languages(parser):
     for flag in flags(parser):
         assert f"`{flag}`" in ENGLISH, f"{flag} missing from the English README"

@@ -156,20 +156,35 @@ def test_optuna_dashboard_shows_per_task_scores_judge_cost_and_elapsed_time(stud
     assert {a["key"] for a in trials[0]["user_attrs"]} >= {"baseline", "elapsed_s"}
 
 
-@pytest.mark.parametrize("pipeline, targets", [("jglue", ["org/t"]), ("mt_bench", ["org/t"]),
+@pytest.mark.parametrize("pipeline_name, targets", [("jglue", ["org/t"]), ("mt_bench", ["org/t"]),
                                                ("mt_bench_moe_2", ["org/a", "org/b"])])
-def test_the_model_cards_reproduce_command_parses_with_the_real_script(pipeline, targets):
+def test_the_model_cards_reproduce_command_parses_with_the_real_script(pipeline_name, targets):
     import shlex
 
     from task_vector_opt.cli.flags import parse_namespace
     from task_vector_opt.outputs.model_card import reproduce_command
     from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2
 
-    inputs = {"pipeline": pipeline, "targets": targets, "base_model": "org/base", "tuned_model": "org/tuned",
+    inputs = {"pipeline": pipeline_name, "targets": targets, "base_model": "org/base", "tuned_model": "org/tuned",
               "optimize_mode": "layer", "optuna_sampler": "TPE", "optuna_seed": 3, "weight_min": 0.0,
               "weight_max": 2.0, "dtype": "bfloat16"}
     words = shlex.split(reproduce_command(inputs, "study-x", "sqlite:///runs/x/study.db").replace("\\\n", " "))
-    spec = {"jglue": JGLUE, "mt_bench": MT_BENCH, "mt_bench_moe_2": MT_BENCH_MOE_2}[pipeline]
-    assert words[:2] == ["python", spec.cli.prog] and (ROOT / spec.cli.prog).is_file()
-    args = parse_namespace(spec.cli, words[2:])
+    pipeline = {"jglue": JGLUE, "mt_bench": MT_BENCH, "mt_bench_moe_2": MT_BENCH_MOE_2}[pipeline_name]
+    assert words[:2] == ["python", pipeline.command_line.prog] and (ROOT / pipeline.command_line.prog).is_file()
+    args = parse_namespace(pipeline.command_line, words[2:])
     assert args.finalize and args.study_name == "study-x" and args.optuna_seed == 3
+
+
+def test_the_html_and_png_plots_are_drawn_from_one_plot_description(study):
+    from task_vector_opt.outputs.report import history_figure, history_plot, weights_figure, weights_plot
+
+    view = study_view(study)
+    history = history_plot(view)
+    assert history.trials == [n for n, _ in view.values] and history.best_so_far == view.best_so_far
+    assert sorted(line.label.split(":")[0] for line in history.baselines) == sorted(view.baselines)
+    figure = history_figure(history)  # the HTML's plot shows exactly the described points and lines
+    assert list(figure.data[0].y) == history.scores and list(figure.data[1].y) == history.best_so_far
+    assert [shape.y0 for shape in figure.layout.shapes] == [line.value for line in history.baselines]
+    weights = weights_plot(view)
+    bars = weights_figure(weights).data[0]
+    assert list(bars.x) == list(view.best_weights) and list(bars.y) == list(view.best_weights.values())

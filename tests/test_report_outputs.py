@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A child interpreter in which `import wandb` fails, as on a machine without wandb.
-NO_WANDB = "import sys; sys.modules['wandb'] = None; from task_vector_opt.cli.pipelines import main_jglue; main_jglue()"
+NO_WANDB = "import sys; sys.modules['wandb'] = None; from task_vector_opt.cli.pipelines import JGLUE, script_main; script_main(JGLUE)"
 
 
 @pytest.fixture(scope="module")

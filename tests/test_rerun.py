@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+from task_vector_opt.merging.moe import workspace as moe_workspace
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
-from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, jglue_main, main
-from task_vector_opt.merging.moe import model as moe
+from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH_MOE_2, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
 from hub_server import HubServer
 from judge_server import JudgeServer
@@ -23,6 +23,11 @@ from tiny_models import make_moe_models, make_trio
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 MOE_VOCAB = 272  # the tiny tokenizer has 257 tokens
+
+
+def jglue_run(argv):
+    run_pipeline(JGLUE, argv)
+
 
 
 def run_script(script: str, argv: list[str]) -> subprocess.CompletedProcess:
@@ -65,7 +70,7 @@ def test_rerunning_a_finished_saved_command_exits_0_without_a_trial_a_model_load
     saved_before = snapshot(finished_jglue["out"])
     trials_before = len(trials_in(finished_jglue["run_dir"]))
 
-    run_cli(jglue_main, finished_jglue["argv"] + changes)  # returns: exit code 0 (run_cli exits only on errors)
+    run_cli(jglue_run, finished_jglue["argv"] + changes)  # returns: exit code 0 (run_cli exits only on errors)
 
     out = capsys.readouterr().out
     assert "nothing to do" in out and str(finished_jglue["out"]) in out, out
@@ -115,14 +120,14 @@ RECIPE_EDITS = {
 def test_an_output_dir_holding_another_save_is_still_refused(finished_jglue, monkeypatch, capsys, edit):
     refuse_model_loads(monkeypatch, engine)
     other = _copy_with_recipe(finished_jglue, edit.replace(" ", "_"), RECIPE_EDITS[edit])
-    expect_usage_error(jglue_main, finished_jglue["argv"] + ["--output_dir", str(other)], capsys, "--output_dir",
+    expect_usage_error(jglue_run, finished_jglue["argv"] + ["--output_dir", str(other)], capsys, "--output_dir",
                        "not empty", "--overwrite_output_dir")
 
 
 def test_the_saved_model_of_a_study_asked_for_more_trials_is_refused(finished_jglue, monkeypatch, capsys):
     # The study would go on to 4 trials and might find a better model: the save is not this command's result.
     refuse_model_loads(monkeypatch, engine)
-    expect_usage_error(jglue_main, finished_jglue["argv"] + ["--n_trials", "4"], capsys, "--output_dir",
+    expect_usage_error(jglue_run, finished_jglue["argv"] + ["--n_trials", "4"], capsys, "--output_dir",
                        "not empty")
 
 
@@ -150,8 +155,8 @@ def test_rerunning_a_finished_moe_command_exits_0_and_a_half_present_save_is_ref
     saved_dirs = [tmp_path / "moe-1", tmp_path / "moe-2", out]
     before = {d: snapshot(d) for d in saved_dirs}
 
-    refuse_model_loads(monkeypatch, engine, moe)
-    run_cli(lambda a: main(MT_BENCH_MOE_2, a), argv)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
+    run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv)
     printed = capsys.readouterr().out
     assert "nothing to do" in printed and all(str(d) in printed for d in saved_dirs), printed
     assert {d: snapshot(d) for d in saved_dirs} == before
@@ -159,5 +164,5 @@ def test_rerunning_a_finished_moe_command_exits_0_and_a_half_present_save_is_ref
 
     # Without the MoE itself the save is incomplete, and finishing it would mean overwriting the experts.
     shutil.rmtree(out)
-    expect_usage_error(lambda a: main(MT_BENCH_MOE_2, a), argv, capsys, "--output_dir", "moe-1", "does not",
+    expect_usage_error(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv, capsys, "--output_dir", "moe-1", "does not",
                        "--overwrite_output_dir")

@@ -4,7 +4,7 @@ import math
 import pytest
 from optuna.trial import TrialState
 
-from task_vector_opt.errors import SearchAborted, StudyStopped
+from task_vector_opt.errors import SearchAborted, StudyStopped, TrialFailure
 from task_vector_opt.search.study import enqueue_baselines, make_objective, open_storage, open_study, run_search
 
 GROUPS = ["embed_tokens", "layer_00", "norm"]
@@ -55,7 +55,7 @@ def test_five_failures_in_a_row_abort_the_search_keeping_completed_trials(tmp_pa
 
 
 def test_an_error_that_stops_the_study_ends_the_search_after_that_trial(tmp_path):
-    class JudgeOutage(RuntimeError):
+    class JudgeOutage(TrialFailure):
         stops_study = True
 
     study = study_in(tmp_path)

@@ -57,6 +57,6 @@ def test_every_flag_of_the_vlm_script_is_documented_in_both_languages():
     from task_vector_opt.cli.pipelines import VLM
     from test_readme import ENGLISH, JAPANESE, flags
 
-    for flag in flags(VLM.cli.parser()):
+    for flag in flags(VLM.command_line.parser()):
         assert f"`{flag}`" in ENGLISH, f"{flag} missing from the English README"
         assert f"`{flag}`" in JAPANESE, f"{flag} missing from the Japanese README"

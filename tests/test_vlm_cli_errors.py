@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from task_vector_opt import engine
-from task_vector_opt.cli.pipelines import JGLUE, VLM, main
+from task_vector_opt.cli.pipelines import JGLUE, VLM, run_pipeline
 from task_vector_opt.merging import models as model_files
 from cli_checks import expect_usage_error, refuse_model_loads
 from tiny_models import make_model, make_trio, save
@@ -53,7 +53,7 @@ def argv(models, tmp_path, *extra, target=None, base=None, bench_file=None):
 
 
 def run_vlm(arguments):
-    return lambda _argv: main(VLM, arguments)
+    return lambda _argv: run_pipeline(VLM, arguments)
 
 
 def test_a_vlm_whose_language_model_is_another_architecture_is_refused(models, tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_the_image_bench_refuses_a_text_only_target(models, tmp_path, capsys):
 def test_the_jglue_script_refuses_a_mismatched_vlm_too(models, tmp_path, capsys):
     arguments = ["--target_model", str(models["vlm"]), "--base_model", str(models["qwen"]), "--tuned_model",
                  str(models["tuned"]), "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run")]
-    expect_usage_error(lambda _argv: main(JGLUE, arguments), None, capsys, "--target_model",
+    expect_usage_error(lambda _argv: run_pipeline(JGLUE, arguments), None, capsys, "--target_model",
                        "--base_model is a 'qwen2' model")
 
 
@@ -118,7 +118,7 @@ def test_the_judge_metric_without_a_judge_is_refused(models, tmp_path, capsys):
 
 
 def test_a_good_vlm_command_passes_validation_and_plans_only_the_language_model(models, tmp_path, capsys):
-    main(VLM, argv(models, tmp_path, "--dry_run", "--optimize_mode", "layer"))
+    run_pipeline(VLM, argv(models, tmp_path, "--dry_run", "--optimize_mode", "layer"))
     plan = json.loads(capsys.readouterr().out)
     assert plan["weights"] == 5 and plan["tensors"] == 21  # embed, 2 layers, norm, lm_head; 2 x 9 + 3 tensors
     assert "ROUGE-L" in plan["evaluator"]

@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:  # the settings types live with their pipelines; importing them here would load those stages
+    from task_vector_opt.evaluation.jglue import JGLUESettings
+    from task_vector_opt.evaluation.mt_bench import MTBenchSettings
+    from task_vector_opt.evaluation.vlm_bench import VLMBenchSettings
+    from task_vector_opt.merging.moe.config import MoESettings
+
+    EvaluatorSettings = JGLUESettings | MTBenchSettings | VLMBenchSettings
 
 from task_vector_opt.identity import identity_named, outside_identity, study_identity
 
@@ -13,16 +21,41 @@ WEIGHT_PATTERNS = ("*.safetensors",)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 
 
+def is_hub_id(text: str) -> bool:
+    """True when ``text`` names a Hugging Face hub repo (``org/name`` or ``name``) rather than a local path:
+    nothing exists at that path, it is not written like a path, and the hub accepts it as a repo id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or "\\" in text:
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A model given as a hub id or a local directory."""
 
-    flag: str = outside_identity()  # which flag named it: the study knows the model by its path or id
-    spec: str
+    flag: str = outside_identity()  # which flag named it, for one-line errors; the study knows the model by
+    # its path or id
+    name_or_path: str  # as given: a hub id or a local directory (transformers' pretrained_model_name_or_path)
 
     @property
     def is_local(self) -> bool:
-        return Path(self.spec).expanduser().is_dir()
+        return Path(self.name_or_path).expanduser().is_dir()
+
+    @property
+    def is_hub_id(self) -> bool:
+        return is_hub_id(self.name_or_path)
+
+
+class PipelineExtras(TypedDict, total=False):
+    """Settings only some pipelines have, validated by their ``extra_from_args``; part of the study's identity."""
+
+    moe: MoESettings
 
 
 @dataclass
@@ -61,8 +94,8 @@ class RunConfig:
     search_only: bool = outside_identity(default=False)  # a worker that searches and saves nothing
     finalize: bool = outside_identity(default=False)  # no search: holdout and save
     save_on_interrupt: bool = outside_identity(default=False)
-    evaluator: Any = None  # the pipeline's own evaluator settings (a dataclass)
-    extra: dict[str, Any] = identity_named("", default_factory=dict)  # e.g. {"moe": MoESettings}, at the top level
+    evaluator: EvaluatorSettings | None = None  # the pipeline's own evaluator settings
+    extra: PipelineExtras = identity_named("", default_factory=PipelineExtras)  # e.g. {"moe": MoESettings}, at the top level
     # Set by validation when --output_dir already holds this study's saved best model: nothing is left to do.
     saved_output: list[Path] | None = outside_identity(default=None)
 
@@ -74,9 +107,9 @@ class RunConfig:
                  for k, v in self.extra.items()}
         return {
             "pipeline": self.pipeline,
-            "targets": [t.spec for t in self.targets],
-            "base_model": self.base.spec,
-            "tuned_model": self.tuned.spec,
+            "targets": [t.name_or_path for t in self.targets],
+            "base_model": self.base.name_or_path,
+            "tuned_model": self.tuned.name_or_path,
             "dtype": self.dtype,
             "skip_embed": self.skip_embed,
             "optimize_mode": self.optimize_mode,

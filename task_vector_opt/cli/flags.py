@@ -60,12 +60,13 @@ class Flag:
 SAMPLERS = ("TPE", "CMA-ES")
 SAMPLER_ALIASES = {"tpe": "TPE", "cma-es": "CMA-ES", "cmaes": "CMA-ES", "cma_es": "CMA-ES"}
 
+DTYPE_FLAG = Flag("--dtype", "Precision of the live model and the task vector.", "bfloat16",
+                  choices=("bfloat16", "float16", "float32"))
 MODEL_FLAGS = [
     Flag("--base_model", "Model subtracted to form the task vector (tuned - base): hub id or local dir."),
     Flag("--tuned_model", "Model the task vector is taken from (tuned - base): hub id or local dir."),
     Flag("--cache_dir", "Where hub downloads are cached (as in the original)."),
-    Flag("--dtype", "Precision of the live model and the task vector.", "bfloat16",
-         choices=("bfloat16", "float16", "float32")),
+    DTYPE_FLAG,
     Flag("--device", "Device of the live model: cuda, cuda:N, cpu or mps (default: cuda when available, else cpu)."),
     Flag("--vector_placement", "Where the target's original tensors and the task vector are kept: 'device' (fastest), "
          "'cpu' (saves 2x model size of GPU memory), 'auto' (device when it fits, else cpu).", "auto",
@@ -150,8 +151,8 @@ MT_BENCH_FLAGS = [
 ]
 
 @dataclass
-class Pipeline:
-    """What one entry script needs from the CLI."""
+class CommandLine:
+    """One entry script's command line: its name, description and flag groups (argparse is built from it)."""
 
     prog: str
     description: str
@@ -186,8 +187,8 @@ def parse_one_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     return parser.parse_args(argv)
 
 
-def parse_namespace(pipeline: Pipeline, argv: Sequence[str] | None) -> argparse.Namespace:
-    return parse_one_line(pipeline.parser(), argv)
+def parse_namespace(command_line: CommandLine, argv: Sequence[str] | None) -> argparse.Namespace:
+    return parse_one_line(command_line.parser(), argv)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
@@ -255,7 +256,7 @@ BENCH_FLAGS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# MoE scripts (task_vector_opt.merging.moe.model, checked by moe_config.moe_settings_from_args).
+# MoE scripts (task_vector_opt.merging.moe, checked by merging.moe.config.moe_settings_from_args).
 def moe_target_flags(max_experts: int) -> list[Flag]:
     return [Flag(f"--target_model_{i}", f"Target of expert {i}: hub id or local dir; expert {i} is this target + "
                  "w * (tuned - base) with its own weights" + (" (required)" if i <= 2 else " (optional)") + ".")

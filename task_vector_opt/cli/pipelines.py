@@ -1,7 +1,8 @@
 """The entry scripts' pipelines: which flags each takes and which evaluator scores it.
 
-Every script runs the same path (``main``): parse and validate all flags, then either print the
-plan (--dry_run) or run the shared engine with the pipeline's evaluator.
+Every script runs the same path (``run_pipeline``): parse and validate all flags, then either print the
+plan (--dry_run) or run the shared engine with the pipeline's evaluator. An entry script is
+``script_main(JGLUE)``: the same path with one-line errors and exit codes.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from task_vector_opt import engine
-from task_vector_opt.cli.flags import JGLUE_FLAGS, MT_BENCH_FLAGS, Flag, Pipeline, parse_namespace, run_cli
-from task_vector_opt.cli.config import ModelSource
+from task_vector_opt.cli.flags import DTYPE_FLAG, JGLUE_FLAGS, MT_BENCH_FLAGS, CommandLine, Flag, parse_namespace, run_cli
+from task_vector_opt.cli.config import ModelSource, PipelineExtras
 from task_vector_opt.errors import UploadFailed, first_line
 from task_vector_opt.cli.validation import check_model_output, validate
 from task_vector_opt.evaluation.protocol import Evaluator
@@ -25,15 +26,19 @@ def _single_target(args: argparse.Namespace) -> list[ModelSource]:
 
 
 @dataclass(frozen=True)
-class PipelineSpec:
+class Pipeline:
+    """What one entry script runs: its command line, its evaluator and, for the MoE, its own model stages."""
+
     name: str  # goes into the default study name
-    cli: Pipeline
+    command_line: CommandLine
     settings_from_args: Callable[[argparse.Namespace], Any]  # validates the evaluator flags
     make_evaluator: Callable[[Any, Path], Evaluator]  # (settings, run_dir) -> evaluator, built once per run
     describe: Callable[[Any], str]  # one line for --dry_run
     targets_from_args: Callable[[argparse.Namespace], list[ModelSource]] = _single_target
     # Validates pipeline-specific flags (before any model loads) -> RunConfig.extra
-    extra_from_args: Callable[[argparse.Namespace, list[ModelSource]], dict[str, Any]] | None = None
+    extra_from_args: Callable[[argparse.Namespace, list[ModelSource]], PipelineExtras] | None = None
+    # The run's dtype (RunConfig.dtype), from the flags and the extras; default: --dtype as given
+    dtype_from_args: Callable[[argparse.Namespace, PipelineExtras], str] = lambda args, extra: args.dtype
     prepare: Callable[[Any], engine.Workspace] = engine.prepare  # loads the live model and its merger
     plan: Callable[[Any, str], str] = engine.dry_run_plan  # the --dry_run output
     summary: Callable[[Any, engine.RunResult], str] | None = None  # extra lines after the engine's summary
@@ -74,11 +79,11 @@ def _mt_bench_flags() -> list[Flag]:
 
 # A vision-language target (task_vector_opt.merging.vlm): its language model gets the vector. The JGLUE script
 # accepts one (text scores of its language model); merge_task_vector_vlm.py scores image questions.
-def _check_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+def _check_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) -> PipelineExtras:
     from task_vector_opt.merging.vlm import check_local_vlm_target
 
-    check_local_vlm_target(targets[0].spec, args.base_model, targets[0].flag)
-    return {}  # nothing new in the study's identity: the target is already part of it
+    check_local_vlm_target(targets[0].name_or_path, args.base_model, targets[0].flag)
+    return PipelineExtras()  # nothing new in the study's identity: the target is already part of it
 
 
 def _checked_target_dirs(config) -> tuple[Path, Any]:
@@ -96,9 +101,9 @@ def _prepare_any_target(config) -> engine.Workspace:
     return engine.prepare(config)
 
 
-JGLUE = PipelineSpec(
+JGLUE = Pipeline(
     name="jglue",
-    cli=Pipeline(prog="merge_task_vector_jglue.py",
+    command_line=CommandLine(prog="merge_task_vector_jglue.py",
                  description="Find the weights w of target + w*(tuned - base) that maximize lm-eval task scores "
                              "(JGLUE by default), with Optuna.",
                  target_flags=[TARGET_FLAG], evaluator_flags=JGLUE_FLAGS),
@@ -109,9 +114,9 @@ JGLUE = PipelineSpec(
     prepare=_prepare_any_target,
 )
 
-MT_BENCH = PipelineSpec(
+MT_BENCH = Pipeline(
     name="mt_bench",
-    cli=Pipeline(prog="merge_task_vector_mt_bench.py",
+    command_line=CommandLine(prog="merge_task_vector_mt_bench.py",
                  description="Find the weights w of target + w*(tuned - base) that maximize an MT-Bench-style bench "
                              "graded by an LLM judge, with Optuna.",
                  target_flags=[TARGET_FLAG], evaluator_flags=_mt_bench_flags),
@@ -121,14 +126,16 @@ MT_BENCH = PipelineSpec(
 )
 
 
-# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe.model).
-def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+# MoE: 2 and 4 experts are the shipped scripts; the path serves any number (task_vector_opt.merging.moe).
+def _moe_extra(args: argparse.Namespace, targets: list[ModelSource]) -> PipelineExtras:
     from task_vector_opt.merging.moe.config import moe_settings_from_args
 
-    settings = moe_settings_from_args(args, targets)
-    if args.dtype is None:  # --dtype not given: the config's dtype, else the shared default
-        args.dtype = settings.yaml_dtype or "bfloat16"
-    return {"moe": settings}
+    return PipelineExtras(moe=moe_settings_from_args(args, targets))
+
+
+def _moe_dtype(args: argparse.Namespace, extra: PipelineExtras) -> str:
+    """--dtype when given, else the --moe_config's dtype, else the --dtype flag's own default."""
+    return args.dtype or extra["moe"].yaml_dtype or DTYPE_FLAG.default
 
 
 def _moe_outputs(config, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
@@ -147,29 +154,29 @@ def _moe_targets(max_experts: int) -> Callable[[argparse.Namespace], list[ModelS
 
 
 def _moe_prepare(config):
-    from task_vector_opt.merging.moe.model import prepare
+    from task_vector_opt.merging.moe.workspace import prepare
 
     return prepare(config)
 
 
 def _moe_plan(config, evaluator_line: str) -> str:
-    from task_vector_opt.merging.moe.model import dry_run_plan
+    from task_vector_opt.merging.moe.plan import dry_run_plan
 
     return dry_run_plan(config, evaluator_line)
 
 
 def _moe_summary(config, result) -> str:
-    from task_vector_opt.merging.moe.model import summary_lines
+    from task_vector_opt.merging.moe.save import summary_lines
 
     return summary_lines(config, result)
 
 
-def moe_mt_bench(n_experts: int) -> PipelineSpec:
+def moe_mt_bench(n_experts: int) -> Pipeline:
     from task_vector_opt.cli.flags import MOE_FLAGS, moe_target_flags
 
-    return PipelineSpec(
+    return Pipeline(
         name=f"mt_bench_moe_{n_experts}",
-        cli=Pipeline(prog=f"merge_task_vector_mt_bench_moe_{n_experts}_experts.py",
+        command_line=CommandLine(prog=f"merge_task_vector_mt_bench_moe_{n_experts}_experts.py",
                      description=f"Build a Mixtral-style MoE of up to {n_experts} experts in memory (expert i = "
                                  "target_i + w_i*(tuned - base)) and find the weights that maximize an MT-Bench-style "
                                  "bench graded by an LLM judge, with Optuna.",
@@ -180,6 +187,7 @@ def moe_mt_bench(n_experts: int) -> PipelineSpec:
         describe=MT_BENCH.describe,
         targets_from_args=_moe_targets(n_experts),
         extra_from_args=_moe_extra,
+        dtype_from_args=_moe_dtype,
         prepare=_moe_prepare,
         plan=_moe_plan,
         summary=_moe_summary,
@@ -191,16 +199,16 @@ MT_BENCH_MOE_2 = moe_mt_bench(2)
 MT_BENCH_MOE_4 = moe_mt_bench(4)
 
 
-def _require_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) -> dict[str, Any]:
+def _require_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) -> PipelineExtras:
     from task_vector_opt.errors import UsageError
     from task_vector_opt.merging.vlm import check_local_vlm_target
 
-    local = Path(targets[0].spec).expanduser() / "config.json"
-    if check_local_vlm_target(targets[0].spec, args.base_model, targets[0].flag) is None and local.is_file():
-        raise UsageError(targets[0].flag, f"{targets[0].spec!r} is not a vision-language model (its config has no "
+    local = Path(targets[0].name_or_path).expanduser() / "config.json"
+    if check_local_vlm_target(targets[0].name_or_path, args.base_model, targets[0].flag) is None and local.is_file():
+        raise UsageError(targets[0].flag, f"{targets[0].name_or_path!r} is not a vision-language model (its config has no "
                                           "vision_config); the image bench needs one (merge_task_vector_jglue.py "
                                           "scores a text model)")
-    return {}
+    return PipelineExtras()
 
 
 def _prepare_vlm(config) -> engine.Workspace:
@@ -212,7 +220,7 @@ def _prepare_vlm(config) -> engine.Workspace:
 
     target_dir, vlm = _checked_target_dirs(config)
     if vlm is None:
-        raise UsageError(config.targets[0].flag, f"{config.targets[0].spec!r} is not a vision-language model; the "
+        raise UsageError(config.targets[0].flag, f"{config.targets[0].name_or_path!r} is not a vision-language model; the "
                                                  "image bench needs one")
     workspace = engine.prepare(config)
     workspace.tokenizer = AutoProcessor.from_pretrained(target_dir, trust_remote_code=config.trust_remote_code)
@@ -243,9 +251,9 @@ def _vlm_evaluator(settings, run_dir: Path):
     return VLMBenchEvaluator(settings, run_dir)
 
 
-VLM = PipelineSpec(
+VLM = Pipeline(
     name="vlm",
-    cli=Pipeline(prog="merge_task_vector_vlm.py",
+    command_line=CommandLine(prog="merge_task_vector_vlm.py",
                  description="Add target + w*(tuned - base) to the language model of a vision-language target and "
                              "find the weights w that maximize an image-question bench (ROUGE-L or an LLM judge), "
                              "with Optuna.",
@@ -261,12 +269,13 @@ VLM = PipelineSpec(
 )
 
 
-def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
-    args = parse_namespace(spec.cli, argv)
+def run_pipeline(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
+    """One run of ``pipeline`` on ``argv``; bad input raises UsageError before any model loads."""
+    args = parse_namespace(pipeline.command_line, argv)
     engine.setup_logging(args.log_level)
-    config = validate(spec, args)
+    config = validate(pipeline, args)
     if config.dry_run:
-        print(spec.plan(config, spec.describe(config.evaluator)))
+        print(pipeline.plan(config, pipeline.describe(config.evaluator)))
         return
     if config.saved_output is not None:  # a rerun of a finished command: the model is saved; exit 0
         print(f"nothing to do: study {config.study_name} has its {config.n_trials} trials finished and its best "
@@ -281,14 +290,14 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> None:
         tracker = WandbTracker(config.study_name, config.recipe_inputs())
     result = None
     try:
-        result = engine.run(config, lambda c: spec.make_evaluator(c.evaluator, c.run_dir), spec.prepare,
+        result = engine.run(config, lambda c: pipeline.make_evaluator(c.evaluator, c.run_dir), pipeline.prepare,
                             callbacks=[tracker] if tracker else [])
     finally:
         if tracker is not None:
             tracker.finish(result)
     engine.print_summary(result)
-    if spec.summary is not None and result.output_dir is not None:
-        print(spec.summary(config, result))
+    if pipeline.summary is not None and result.output_dir is not None:
+        print(pipeline.summary(config, result))
     if args.push_to_hub and result.output_dir is not None:
         push(args, result.output_dir,
              f"task_vector_opt merge: study {result.study_name}, best trial {result.best_trial}")
@@ -306,29 +315,6 @@ def push(args: argparse.Namespace, folder: Path, message: str) -> None:
     print(f"pushed to        : {url}")
 
 
-def jglue_main(argv: Sequence[str] | None = None) -> None:
-    main(JGLUE, argv)
-
-
-def mt_bench_main(argv: Sequence[str] | None = None) -> None:
-    main(MT_BENCH, argv)
-
-
-def main_jglue() -> None:
-    run_cli(jglue_main)
-
-
-def main_mt_bench() -> None:
-    run_cli(mt_bench_main)
-
-
-def main_vlm() -> None:
-    run_cli(lambda argv: main(VLM, argv))
-
-
-def main_mt_bench_moe_2() -> None:
-    run_cli(lambda argv: main(MT_BENCH_MOE_2, argv))
-
-
-def main_mt_bench_moe_4() -> None:
-    run_cli(lambda argv: main(MT_BENCH_MOE_4, argv))
+def script_main(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
+    """What an entry script runs: ``run_pipeline`` with bad input as one line on stderr and exit code 2."""
+    run_cli(lambda args: run_pipeline(pipeline, args), argv)

@@ -25,17 +25,17 @@ from task_vector_opt.merging.grouping import OPTIMIZE_MODES
 log = logging.getLogger(__name__)
 
 
-def validate(spec, args: argparse.Namespace) -> RunConfig:
-    """All checks of one run of ``spec`` (a pipelines.PipelineSpec); returns the RunConfig, or raises the
+def validate(pipeline, args: argparse.Namespace) -> RunConfig:
+    """All checks of one run of ``pipeline`` (a pipelines.Pipeline); returns the RunConfig, or raises the
     first UsageError."""
-    settings = spec.settings_from_args(args)
+    settings = pipeline.settings_from_args(args)
     check_sharing(args)
-    targets = spec.targets_from_args(args)
-    extra = spec.extra_from_args(args, targets) if spec.extra_from_args else {}  # e.g. the MoE's config
-    config = build_config(spec.name, args, targets, settings, extra)
+    targets = pipeline.targets_from_args(args)
+    extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
+    config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
     check_storage(config.storage, config.study_name if config.finalize else None)
     if not config.search_only:  # a search-only worker writes no model
-        config.saved_output = spec.check_outputs(config, holds_this_studys_model(config))
+        config.saved_output = pipeline.check_outputs(config, holds_this_studys_model(config))
     if config.saved_output is None and not config.finalize:
         from task_vector_opt.search.existing import related_study_note
 
@@ -48,10 +48,10 @@ def validate(spec, args: argparse.Namespace) -> RunConfig:
 def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
     """A local dir must hold a config and weights that open (each *.safetensors: its header, and that the file
     holds all the data the header declares); anything else must look like a hub id."""
-    path = Path(source.spec).expanduser()
+    path = Path(source.name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(source.flag, f"directory {source.spec!r} has no config.json; point it at a saved "
+            raise UsageError(source.flag, f"directory {source.name_or_path!r} has no config.json; point it at a saved "
                                           "Hugging Face model directory")
         if any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
             from task_vector_opt.merging.models import check_weight_files
@@ -61,21 +61,14 @@ def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
         if any(any(path.glob(p)) for p in PICKLE_PATTERNS):
             if allow_pickle:
                 return
-            raise UsageError(source.flag, f"directory {source.spec!r} holds only pickle weights (.bin/.pt); convert "
+            raise UsageError(source.flag, f"directory {source.name_or_path!r} holds only pickle weights (.bin/.pt); convert "
                                           "them to safetensors or pass --allow_pickle if you trust the file")
-        raise UsageError(source.flag, f"directory {source.spec!r} has no *.safetensors weights")
+        raise UsageError(source.flag, f"directory {source.name_or_path!r} has no *.safetensors weights")
     if path.exists():
-        raise UsageError(source.flag, f"{source.spec!r} is a file, not a model directory or a hub id")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    looks_like_path = source.spec.startswith((".", "/", "~")) or "\\" in source.spec or source.spec.count("/") > 1
-    try:
-        if looks_like_path:
-            raise HFValidationError("path")
-        validate_repo_id(source.spec)
-    except HFValidationError:
-        raise UsageError(source.flag, f"{source.spec!r} is neither a directory with model weights nor a Hugging Face "
-                                      "hub id (like mistralai/Mistral-7B-v0.1); check the path") from None
+        raise UsageError(source.flag, f"{source.name_or_path!r} is a file, not a model directory or a hub id")
+    if not source.is_hub_id:
+        raise UsageError(source.flag, f"{source.name_or_path!r} is neither a directory with model weights nor a Hugging Face "
+                                      "hub id (like mistralai/Mistral-7B-v0.1); check the path")
 
 
 def check_writable_dir(flag: str, value: str) -> None:
@@ -198,7 +191,7 @@ def check_storage(url: str, finalize_study: str | None = None) -> None:
 
 
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
-                 extra: dict[str, Any] | None = None) -> RunConfig:
+                 extra: dict[str, Any] | None = None, dtype: str | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
     if args.optimize_mode not in OPTIMIZE_MODES:
         raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose all, layer or parameter")
@@ -216,7 +209,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         raise UsageError("--weight_min", f"({args.weight_min}) must be lower than --weight_max ({args.weight_max})")
     for source in [*targets, ModelSource("--base_model", args.base_model), ModelSource("--tuned_model",
                                                                                          args.tuned_model)]:
-        if not source.spec:
+        if not source.name_or_path:
             raise UsageError(source.flag, "is required")
         check_model_source(source, args.allow_pickle)
     if args.cache_dir is not None:
@@ -229,7 +222,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         base=ModelSource("--base_model", args.base_model),
         tuned=ModelSource("--tuned_model", args.tuned_model),
         cache_dir=args.cache_dir,
-        dtype=args.dtype,
+        dtype=dtype or args.dtype,  # the pipeline may resolve it (the MoE: from its config file)
         device=device,
         vector_placement=args.vector_placement,
         skip_embed=args.skip_embed,

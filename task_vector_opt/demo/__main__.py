@@ -14,9 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.demo.finetune import prepare_demo_models
-from task_vector_opt.cli.pipelines import jglue_main
+from task_vector_opt.cli.pipelines import JGLUE, script_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +39,7 @@ def main() -> None:
                         datefmt="%H:%M:%S")
     cache = Path(os.environ.get("TVO_CACHE") or ROOT / ".cache" / "demo")
     models = prepare_demo_models(cache)
-    run_cli(jglue_main, demo_argv(models, ROOT / "demo_output") + sys.argv[1:])
+    script_main(JGLUE, demo_argv(models, ROOT / "demo_output") + sys.argv[1:])
 
 
 if __name__ == "__main__":

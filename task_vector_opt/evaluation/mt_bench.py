@@ -9,7 +9,6 @@ mean and counted (FastChat's score -1 in the file); if too few judgments succeed
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -22,7 +21,7 @@ import optuna
 
 from task_vector_opt.evaluation.bench import BenchSettings, Question, bench_settings_from_args, judge_prompt_for, load_bench, \
     render_judge_prompt
-from task_vector_opt.errors import UsageError
+from task_vector_opt.errors import TrialFailure, UsageError
 from task_vector_opt.files import write_jsonl_atomic
 from task_vector_opt.evaluation.generation import AnswerGenerator
 from task_vector_opt.evaluation.judges import Judge, JudgeRequest, JudgeSpec, JudgeTally, judge_spec_from_args, make_judge
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 FAILURE_POLICIES = ("fail_trial", "stop")
 
 
-class JudgeFailure(RuntimeError):
+class JudgeFailure(TrialFailure):
     """Too few judgments succeeded: the trial fails with this reason (and may stop the study)."""
 
     def __init__(self, message: str, stops_study: bool):

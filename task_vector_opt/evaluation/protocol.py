@@ -6,7 +6,10 @@ once per run; ``score`` is called once per trial on the live, merged model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass
@@ -16,6 +19,9 @@ class Score:
 
 
 class Evaluator(Protocol):
+    # An Optuna pruner for the running scores ``score`` reports, or None: every trial runs to the end.
+    pruner: optuna.pruners.BasePruner | None
+
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
         """Score the live model on the search split; may report intermediate values to ``trial`` for pruning."""
 

@@ -11,6 +11,21 @@ import torch
 from task_vector_opt.merging.task_vector import VectorEntry
 
 
+@torch.no_grad()
+def write_merged(live: torch.Tensor, origin: torch.Tensor, delta: torch.Tensor, weight: float) -> None:
+    """live <- origin + weight * delta, the one exact write every merger makes (dense and MoE alike).
+
+    Always computed from the stored original, so the result depends on ``weight`` alone.
+    """
+    if weight == 0.0:  # restore exactly (origin + 0*delta would turn -0.0 into +0.0)
+        live.copy_(origin, non_blocking=True)
+    elif origin.device == live.device and delta.device == live.device:
+        torch.add(origin, delta, alpha=weight, out=live)
+    else:  # host-resident copies: stream both to the device, then the same fused add
+        live.copy_(origin, non_blocking=True)
+        live.add_(delta.to(live.device, non_blocking=True), alpha=weight)
+
+
 class Merger:
     def __init__(self, model: torch.nn.Module, vector: dict[str, VectorEntry], groups: dict[str, str],
                  store_device: str | torch.device):
@@ -48,14 +63,7 @@ class Merger:
         for name, w in self.weights_per_tensor(weights).items():
             if w == self.current[name]:
                 continue
-            live, origin, delta = self._live(name), self.origin[name], self.vector[name].delta
-            if w == 0.0:  # restore exactly (origin + 0*delta would turn -0.0 into +0.0)
-                live.copy_(origin, non_blocking=True)
-            elif origin.device == live.device:
-                torch.add(origin, delta, alpha=w, out=live)
-            else:  # host-resident copies: stream both to the device, then the same fused add
-                live.copy_(origin, non_blocking=True)
-                live.add_(delta.to(live.device, non_blocking=True), alpha=w)
+            write_merged(self._live(name), self.origin[name], self.vector[name].delta, w)
             self.current[name] = w
             written += 1
         return written

@@ -22,14 +22,14 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.
 def resolve(source: ModelSource, cache_dir: str | None, allow_pickle: bool = False) -> Path:
     """Return a local directory for ``source``, downloading only what a merge needs from the hub."""
     if source.is_local:
-        return Path(source.spec).expanduser()
+        return Path(source.name_or_path).expanduser()
     from huggingface_hub import snapshot_download
 
     patterns = HUB_PATTERNS + (list(PICKLE_PATTERNS) if allow_pickle else [])
     try:
-        return Path(snapshot_download(source.spec, cache_dir=cache_dir, allow_patterns=patterns))
+        return Path(snapshot_download(source.name_or_path, cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as exc:  # the hub client raises many types; the user needs one line
-        raise UsageError(source.flag, f"could not download {source.spec!r} from the Hugging Face hub "
+        raise UsageError(source.flag, f"could not download {source.name_or_path!r} from the Hugging Face hub "
                                       f"({type(exc).__name__}: {first_line(exc)}); "
                                       "check the id, your network, or give a local directory") from None
 
@@ -142,6 +142,11 @@ class WeightFiles:
 
     def __contains__(self, key: str) -> bool:
         return key in self.weight_map
+
+    def key_for(self, name: str) -> str | None:
+        """The file key that holds parameter ``name``: checkpoints store names with or without the
+        ``model.`` prefix the loaded model uses; None when the files hold neither."""
+        return next((key for key in (name, name.removeprefix("model."), f"model.{name}") if key in self), None)
 
     def _handle(self, key: str):
         file = self.weight_map[key]

@@ -46,12 +46,6 @@ def embedding_parameter_names(model) -> set[str]:
     return {name for name, p in model.named_parameters() if id(p) in wanted}
 
 
-def _file_key(name: str, files: WeightFiles, to_checkpoint: Callable[[str], str | None] = str) -> str | None:
-    name = to_checkpoint(name) or name
-    candidates = [name, name.removeprefix("model."), f"model.{name}"]
-    return next((key for key in candidates if key in files), None)
-
-
 def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles,
                    to_checkpoint: Callable[[str], str | None] = str) -> str | None:
     """An untied target's lm_head, when base/tuned files store only the (tied) embedding."""
@@ -62,7 +56,7 @@ def _tied_fallback(name: str, embed_names: set[str], model, files: WeightFiles,
     if name not in output_names:
         return None
     input_name = next(n for n in embed_names if n not in output_names)
-    return _file_key(input_name, files, to_checkpoint)
+    return files.key_for(to_checkpoint(input_name) or input_name)
 
 
 def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dtype, store_device: str | torch.device,
@@ -79,13 +73,13 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
     try:
         for name, param in tqdm(params, desc="task vector", unit="tensor", leave=False):
             if skip_embed and name in embed_names:
-                key = (_file_key(name, tuned, to_checkpoint)
+                key = (tuned.key_for(to_checkpoint(name) or name)
                        or _tied_fallback(name, embed_names, model, tuned, to_checkpoint))
                 skipped_keys.update([key] if key else [])
                 continue
             keys = []
             for label, files in (("--base_model", base), ("--tuned_model", tuned)):
-                key = (_file_key(name, files, to_checkpoint)
+                key = (files.key_for(to_checkpoint(name) or name)
                        or _tied_fallback(name, embed_names, model, files, to_checkpoint))
                 if key is None:
                     raise TaskVectorMismatch(f"tensor {name} (shape {tuple(param.shape)}) of the target is missing "

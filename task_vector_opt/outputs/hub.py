@@ -40,4 +40,4 @@ def push_folder(folder: Path, repo_id: str, private: bool, message: str) -> str:
     repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     log.info("uploading %s to %s", folder, repo_url)
     commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=message)
-    return str(getattr(commit, "commit_url", None) or repo_url)
+    return str(commit.commit_url or repo_url)

@@ -37,14 +37,15 @@ class MergeLayout:
 
 def layout_from_merger(model, merger) -> MergeLayout | None:
     """The layout of a plain Merger over a Hugging Face model; None for anything else (e.g. an in-memory MoE)."""
-    groups = getattr(merger, "groups", None)
-    vector = getattr(merger, "vector", None)
-    if not isinstance(groups, dict) or not isinstance(vector, dict):
+    from task_vector_opt.merging.merger import Merger
+
+    if not isinstance(merger, Merger):
         return None
-    partial = {name: entry.rows for name, entry in vector.items() if getattr(entry, "rows", None) is not None}
+    vector = merger.vector
+    partial = {name: entry.rows for name, entry in vector.items() if entry.rows is not None}
     from task_vector_opt.merging.vlm import is_vlm
 
-    return MergeLayout([name for name, _ in model.named_parameters()], {n: groups[n] for n in vector}, partial,
+    return MergeLayout([name for name, _ in model.named_parameters()], {n: merger.groups[n] for n in vector}, partial,
                        vision_language=is_vlm(model))
 
 

@@ -5,37 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from huggingface_hub import ModelCardData
 
+from task_vector_opt.cli.config import is_hub_id
 from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, score_rows
 
 TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]
 
 
-def is_hub_id(spec: str) -> bool:
-    """A hub id (org/name) as opposed to a local path; only hub ids belong in the card's base_model."""
-    from pathlib import Path
-
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or "\\" in spec:
-        return False
-    try:
-        validate_repo_id(spec)
-    except HFValidationError:
-        return False
-    return "/" in spec
+def card_data(inputs: dict[str, Any]) -> ModelCardData:
+    """The card's YAML metadata, as huggingface_hub declares it; hub sources form the hub's "merge" relation."""
+    targets = inputs.get("targets") or []
+    sources = [*targets, inputs.get("tuned_model"), inputs.get("base_model")]
+    # org/name only: a bare name is a valid repo id but far more often a local directory that has since moved
+    hub_sources = list(dict.fromkeys(s for s in sources if isinstance(s, str) and is_hub_id(s) and "/" in s))
+    merge = {"base_model": hub_sources, "base_model_relation": "merge"} if hub_sources else {}
+    return ModelCardData(**merge, library_name="transformers", pipeline_tag="text-generation", tags=TAGS)
 
 
 def metadata(inputs: dict[str, Any]) -> dict[str, Any]:
-    targets = inputs.get("targets") or []
-    sources = [*targets, inputs.get("tuned_model"), inputs.get("base_model")]
-    hub_sources = list(dict.fromkeys(s for s in sources if isinstance(s, str) and is_hub_id(s)))
-    meta: dict[str, Any] = {}
-    if hub_sources:  # the hub's "merge" relation: the models this one was made from
-        meta["base_model"] = hub_sources
-        meta["base_model_relation"] = "merge"
-    meta.update({"library_name": "transformers", "pipeline_tag": "text-generation", "tags": TAGS})
-    return meta
+    return card_data(inputs).to_dict()
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -73,7 +62,7 @@ def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> 
 def render_model_card(view: StudyView, recipe: dict[str, Any], mergekit_ok: bool) -> str:
     inputs = recipe.get("inputs", {})
     study = recipe.get("study", {})
-    meta = yaml.safe_dump(metadata(inputs), sort_keys=False, allow_unicode=True).strip()
+    meta = card_data(inputs).to_yaml()
     sources = [["target (receives the vector)", ", ".join(inputs.get("targets") or [])],
                ["base (subtracted)", inputs.get("base_model")], ["tuned (added)", inputs.get("tuned_model")]]
     scores = [[label, search, held] for label, search, held in score_rows(view)]

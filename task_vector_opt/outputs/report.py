@@ -1,4 +1,5 @@
-"""The run report: one self-contained report.html (plotly.js embedded once, opens offline) and two PNGs.
+"""The run report: one self-contained report.html (plotly.js embedded once, opens offline) and two PNGs
+(matplotlib) drawn from the same plot data as the HTML's history and weights plots.
 
 Written at the end of every run into --output_dir, and on demand for a finished study:
 
@@ -85,29 +86,79 @@ def baseline_short(label: str) -> str:
     return label.split(" ", 1)[0]  # "w=1 (plain task vector)" -> "w=1"
 
 
+# ------------------------------------------------------------------------------------------------ plot data
+# The two plots that exist both in report.html (plotly) and as PNGs (matplotlib) are drawn from one description,
+# so the interactive and the static picture always show the same points, lines and titles. (plotly alone could
+# write the PNGs only through kaleido, which drives a Chrome install of its own.)
+
+@dataclass
+class Line:
+    """A horizontal reference line: a baseline's score, or w = 1."""
+
+    value: float
+    label: str
+    color: str
+
+
+@dataclass
+class HistoryPlot:
+    trials: list[int]
+    scores: list[float]
+    best_so_far: list[float]
+    baselines: list[Line]
+    title: str
+
+
+@dataclass
+class WeightsPlot:
+    groups: list[str]
+    weights: list[float]
+    reference: Line
+    title: str
+    x_title: str
+
+
+def history_plot(view: StudyView) -> HistoryPlot:
+    return HistoryPlot(
+        trials=[n for n, _ in view.values], scores=[v for _, v in view.values], best_so_far=view.best_so_far,
+        baselines=[Line(value, f"{label}: {value:.4g}", BASELINE_COLORS.get(baseline_short(label), "#555"))
+                   for label, value in sorted(view.baselines.items())],
+        title=f"Score per trial, best so far, and the baselines ({len(view.values)} trials, best "
+              f"{view.best_value:.4g} at trial {view.best_number})")
+
+
+def weights_plot(view: StudyView) -> WeightsPlot:
+    return WeightsPlot(
+        groups=list(view.best_weights), weights=list(view.best_weights.values()),
+        reference=Line(1.0, "w=1 (plain addition)", BASELINE_COLORS["w=1"]),
+        title=f"Best trial ({view.best_number}): weight of the task vector per "
+              f"{view.inputs.get('optimize_mode', 'group')} group",
+        x_title="weight group (layer / parameter)")
+
+
 # ------------------------------------------------------------------------------------------------ plotly figures
 
-def history_figure(study: optuna.Study, view: StudyView):
-    from optuna.visualization import plot_optimization_history
+def history_figure(plot: HistoryPlot):
+    import plotly.graph_objects as go
 
-    fig = plot_optimization_history(study, target_name="score")
-    for label, value in view.baselines.items():
-        fig.add_hline(y=value, line_dash="dash", line_color=BASELINE_COLORS.get(baseline_short(label), "#555"),
-                      annotation_text=f"{label}: {value:.4g}", annotation_position="top left")
-    fig.update_layout(title="Score per trial, best so far, and the baselines")
+    fig = go.Figure([go.Scatter(x=plot.trials, y=plot.scores, mode="markers", name="trial score",
+                                marker_color="#1f77b4"),
+                     go.Scatter(x=plot.trials, y=plot.best_so_far, mode="lines", line_shape="hv", name="best so far",
+                                line_color="#ff7f0e")])
+    for line in plot.baselines:
+        fig.add_hline(y=line.value, line_dash="dash", line_color=line.color, annotation_text=line.label,
+                      annotation_position="top left")
+    fig.update_layout(title=plot.title, xaxis_title="trial", yaxis_title="search score")
     return fig
 
 
-def weights_figure(view: StudyView):
+def weights_figure(plot: WeightsPlot):
     import plotly.graph_objects as go
 
-    names = list(view.best_weights)
-    fig = go.Figure(go.Bar(x=names, y=[view.best_weights[n] for n in names], name=f"trial {view.best_number}",
-                           marker_color="#1f77b4"))
-    fig.add_hline(y=1.0, line_dash="dash", line_color=BASELINE_COLORS["w=1"], annotation_text="w=1 (plain addition)")
-    fig.update_layout(title=f"Best trial ({view.best_number}): weight of the task vector per "
-                            f"{view.inputs.get('optimize_mode', 'group')} group",
-                      xaxis_title="weight group (layer / parameter)", yaxis_title="w", xaxis_tickangle=-60)
+    fig = go.Figure(go.Bar(x=plot.groups, y=plot.weights, name="w", marker_color="#1f77b4"))
+    fig.add_hline(y=plot.reference.value, line_dash="dash", line_color=plot.reference.color,
+                  annotation_text=plot.reference.label)
+    fig.update_layout(title=plot.title, xaxis_title=plot.x_title, yaxis_title="w", xaxis_tickangle=-60)
     return fig
 
 
@@ -148,8 +199,8 @@ def figures(study: optuna.Study, view: StudyView) -> list[tuple[str, Any]]:
     """(title, figure or the reason it is missing) for each section of the report."""
     importances = importance(study)
     builders = [
-        ("Optimization history", lambda: history_figure(study, view)),
-        ("Best weights by layer / parameter", lambda: weights_figure(view)),
+        ("Optimization history", lambda: history_figure(history_plot(view))),
+        ("Best weights by layer / parameter", lambda: weights_figure(weights_plot(view))),
         ("Parameter importances", lambda: importance_figure(study, importances)),
         ("Parallel coordinates", lambda: parallel_figure(study, importances, view)),
     ]
@@ -239,27 +290,29 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def history_png(view: StudyView) -> bytes:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    numbers = [n for n, _ in view.values]
+    return plt
+
+
+def history_png(plot: HistoryPlot) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     try:
-        ax.scatter(numbers, [v for _, v in view.values], s=22, color="#1f77b4", label="trial score", zorder=3)
-        ax.step(numbers, view.best_so_far, where="post", color="#ff7f0e", label="best so far")
-        for label, value in sorted(view.baselines.items()):
-            ax.axhline(value, ls="--", lw=1.2, color=BASELINE_COLORS.get(baseline_short(label), "#555"),
-                       label=f"{label}: {value:.3f}")
-        from matplotlib.ticker import MaxNLocator
-
+        ax.scatter(plot.trials, plot.scores, s=22, color="#1f77b4", label="trial score", zorder=3)
+        ax.step(plot.trials, plot.best_so_far, where="post", color="#ff7f0e", label="best so far")
+        for line in plot.baselines:
+            ax.axhline(line.value, ls="--", lw=1.2, color=line.color, label=line.label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers are whole
         ax.set_xlabel("trial")
         ax.set_ylabel("search score")
-        ax.set_title(f"Optimization history ({len(numbers)} trials, best {view.best_value:.3f} "
-                     f"at trial {view.best_number})")
+        ax.set_title(plot.title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         return _png(fig)
@@ -267,20 +320,16 @@ def history_png(view: StudyView) -> bytes:
         plt.close(fig)
 
 
-def weights_png(view: StudyView) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = list(view.best_weights)
-    fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.28 * len(names) + 2)), 4.2))
+def weights_png(plot: WeightsPlot) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.28 * len(plot.groups) + 2)), 4.2))
     try:
-        ax.bar(range(len(names)), [view.best_weights[n] for n in names], color="#1f77b4")
-        ax.axhline(1.0, ls="--", lw=1.2, color=BASELINE_COLORS["w=1"], label="w=1 (plain addition)")
-        ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+        ax.bar(range(len(plot.groups)), plot.weights, color="#1f77b4")
+        ax.axhline(plot.reference.value, ls="--", lw=1.2, color=plot.reference.color, label=plot.reference.label)
+        ax.set_xticks(range(len(plot.groups)), plot.groups, rotation=70, ha="right", fontsize=7)
+        ax.set_xlabel(plot.x_title)
         ax.set_ylabel("w")
-        ax.set_title(f"Best trial ({view.best_number}): task vector weight per group")
+        ax.set_title(plot.title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
         return _png(fig)
@@ -291,7 +340,8 @@ def weights_png(view: StudyView) -> bytes:
 def report_files(study: optuna.Study) -> dict[str, str | bytes]:
     """{file name: content} of the report: report.html and the two PNGs."""
     view = study_view(study)
-    return {REPORT_HTML: render_html(study, view), HISTORY_PNG: history_png(view), WEIGHTS_PNG: weights_png(view)}
+    return {REPORT_HTML: render_html(study, view), HISTORY_PNG: history_png(history_plot(view)),
+            WEIGHTS_PNG: weights_png(weights_plot(view))}
 
 
 # ------------------------------------------------------------------------------------------------ command

@@ -21,7 +21,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from task_vector_opt.errors import SearchAborted, StudyStopped, UsageError, first_line
+from task_vector_opt.errors import SearchAborted, StudyStopped, TrialFailure, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,15 @@ def recover_dead_workers(study: optuna.Study) -> int:
         if not _is_dead_here(worker):
             continue
         try:
+            # The reason belongs on the trial itself, and only a running trial takes attributes, so it goes
+            # first; Optuna has no public setter for a trial this process did not ask for.
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died mid-trial")
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
+            # Not skip_if_finished: the error is how a worker learns another one failed the trial first, so
+            # that exactly one of them enqueues the retry.
+            failed = study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
             continue
-        retry_callback()(study, study._storage.get_trial(trial._trial_id))
+        retry_callback()(study, failed)
         log.warning("trial %d was running in a process that died (%s); marked failed and enqueued again",
                     trial.number, worker)
         recovered += 1
@@ -288,7 +291,7 @@ def make_objective(group_names: list[str], weight_min: float, weight_max: float,
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             log.debug("trial %d traceback", trial.number, exc_info=True)  # --log_level DEBUG shows where
-            if getattr(exc, "stops_study", False):  # e.g. the judge is down and the user chose to stop
+            if isinstance(exc, TrialFailure) and exc.stops_study:  # e.g. the judge is down and the user chose to stop
                 trial.set_user_attr("stopped_study", True)
                 trial.study.stop()
             raise

@@ -10,7 +10,9 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from task_vector_opt.cli.config import ModelSource
 from task_vector_opt.cli.validation import check_model_source
@@ -25,8 +27,6 @@ MIXTRAL_SOURCE_TYPES = ("llama", "mistral")  # what maps onto MixtralForCausalLM
 # config.json fields that must agree across experts: anything that changes a tensor's shape or the layer maths.
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "hidden_act")
-YAML_KEYS = {"base_model", "gate_mode", "dtype", "experts_per_token", "experts", "architecture", "shared_experts"}
-EXPERT_KEYS = {"source_model", "positive_prompts", "negative_prompts", "noise_scale", "residual_scale"}
 YAML_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
                "float32": "float32", "fp32": "float32"}
 
@@ -73,10 +73,10 @@ def expert_output_dir(output_dir: Path, index: int) -> Path:
 
 def targets_from_args(args: argparse.Namespace, max_experts: int) -> list[ModelSource]:
     """The experts' targets in order; gaps and fewer than two are errors."""
-    given = [getattr(args, f"target_model_{i}", None) for i in range(1, max_experts + 1)]
+    given = [vars(args)[f"target_model_{i}"] for i in range(1, max_experts + 1)]  # flags made by moe_target_flags
     count = 0
-    for index, spec in enumerate(given, start=1):
-        if spec:
+    for index, name_or_path in enumerate(given, start=1):
+        if name_or_path:
             if count != index - 1:
                 raise UsageError(target_flag(index), f"is given but {target_flag(count + 1)} is not; number the "
                                                      "targets from 1 without gaps")
@@ -87,7 +87,61 @@ def targets_from_args(args: argparse.Namespace, max_experts: int) -> list[ModelS
     return [ModelSource(target_flag(i), given[i - 1]) for i in range(1, count + 1)]
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+class MoEExpertEntry(BaseModel):
+    """One entry of mergekit-moe's ``experts`` list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_model: Annotated[str, BeforeValidator(str)]  # a path or id; YAML may read a bare name as a number
+    positive_prompts: list[StrictStr] | None = None
+    negative_prompts: list[StrictStr] | None = None
+    noise_scale: float | None = None  # accepted only at its neutral value: this tool does not apply it
+    residual_scale: float | None = None  # likewise
+
+
+class MergekitMoEConfig(BaseModel):
+    """mergekit-moe's YAML config, as mergekit declares it; read by --moe_config and written beside a saved MoE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: Annotated[str, BeforeValidator(str)] | None = None
+    gate_mode: str | None = None  # checked against GATE_MODES with the flag that may override it
+    dtype: str | None = None
+    experts_per_token: StrictInt | None = None
+    experts: list[MoEExpertEntry] = Field(min_length=1)
+    architecture: str | None = None
+    shared_experts: list[Any] | None = None
+
+
+MIXTRAL_ARCHITECTURES = (None, "mixtral", "Mixtral", "MixtralForCausalLM")
+
+
+def _schema_error(path: str, error: ValidationError) -> UsageError:
+    """The first schema violation as one line, in the words of the keys the user wrote."""
+    problems = error.errors()
+    first = problems[0]
+    loc = first["loc"]
+    expert = f"expert {loc[1] + 1}" if len(loc) >= 2 and loc[0] == "experts" and isinstance(loc[1], int) else None
+    if first["type"] == "extra_forbidden":
+        unknown = sorted({str(p["loc"][-1]) for p in problems
+                          if p["type"] == "extra_forbidden" and p["loc"][:-1] == loc[:-1]})
+        if expert:
+            return UsageError("--moe_config", f"{path!r}: {expert} has unknown key(s) {', '.join(unknown)}")
+        keys = ", ".join(sorted(MergekitMoEConfig.model_fields))
+        return UsageError("--moe_config", f"{path!r}: unknown key(s) {', '.join(unknown)}; mergekit-moe keys are "
+                                          f"{keys}")
+    if not loc or loc[0] == "experts" and len(loc) == 1:
+        return UsageError("--moe_config", f"{path!r} must be a mapping with a non-empty 'experts' list "
+                                          "(mergekit-moe's schema)")
+    if expert and (len(loc) == 2 or loc[2] == "source_model" and first["type"] == "missing"):
+        return UsageError("--moe_config", f"{path!r}: {expert} needs a source_model")
+    if expert and loc[2] in ("positive_prompts", "negative_prompts"):
+        return UsageError("--moe_config", f"{path!r}: {expert} {loc[2]} must be a list of strings")
+    where = ".".join(str(part) for part in loc)
+    return UsageError("--moe_config", f"{path!r}: {where}: {first['msg']}; fix the file")
+
+
+def _read_yaml(path: str) -> MergekitMoEConfig:
     import yaml
 
     file = Path(path).expanduser()
@@ -98,35 +152,25 @@ def _read_yaml(path: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         first = first_line(exc)
         raise UsageError("--moe_config", f"{path!r} is not valid YAML ({first}); fix the file") from None
-    if not isinstance(data, dict) or not isinstance(data.get("experts"), list) or not data["experts"]:
+    if not isinstance(data, dict):
         raise UsageError("--moe_config", f"{path!r} must be a mapping with a non-empty 'experts' list "
                                          "(mergekit-moe's schema)")
-    unknown = set(data) - YAML_KEYS
-    if unknown:
-        raise UsageError("--moe_config", f"{path!r}: unknown key(s) {', '.join(sorted(unknown))}; mergekit-moe "
-                                         f"keys are {', '.join(sorted(YAML_KEYS))}")
-    if data.get("shared_experts"):
+    try:
+        config = MergekitMoEConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _schema_error(path, exc) from None
+    if config.shared_experts:
         raise UsageError("--moe_config", f"{path!r}: shared_experts are not supported by the Mixtral layout; "
                                          "remove them")
-    if data.get("architecture") not in (None, "mixtral", "Mixtral", "MixtralForCausalLM"):
-        raise UsageError("--moe_config", f"{path!r}: architecture {data['architecture']!r} is not supported; this "
+    if config.architecture not in MIXTRAL_ARCHITECTURES:
+        raise UsageError("--moe_config", f"{path!r}: architecture {config.architecture!r} is not supported; this "
                                          "tool builds Mixtral MoEs (remove the key or set it to mixtral)")
-    for number, expert in enumerate(data["experts"], start=1):
-        if not isinstance(expert, dict) or "source_model" not in expert:
-            raise UsageError("--moe_config", f"{path!r}: expert {number} needs a source_model")
-        unknown = set(expert) - EXPERT_KEYS
-        if unknown:
-            raise UsageError("--moe_config", f"{path!r}: expert {number} has unknown key(s) "
-                                             f"{', '.join(sorted(unknown))}")
-        for key, neutral in (("noise_scale", 0), ("residual_scale", 1)):
-            if expert.get(key) not in (None, neutral):
+    for number, expert in enumerate(config.experts, start=1):
+        for key, value, neutral in (("noise_scale", expert.noise_scale, 0), ("residual_scale", expert.residual_scale, 1)):
+            if value not in (None, neutral):
                 raise UsageError("--moe_config", f"{path!r}: expert {number} sets {key}, which this tool does "
                                                  "not apply; remove it")
-        for key in ("positive_prompts", "negative_prompts"):
-            value = expert.get(key)
-            if value is not None and (not isinstance(value, list) or not all(isinstance(p, str) for p in value)):
-                raise UsageError("--moe_config", f"{path!r}: expert {number} {key} must be a list of strings")
-    return data
+    return config
 
 
 def _reference_index(reference: str, targets: list[ModelSource], source_models: list[str]) -> int | None:
@@ -137,19 +181,19 @@ def _reference_index(reference: str, targets: list[ModelSource], source_models: 
             number = int(text[len(prefix):])
             return number - 1 if 1 <= number <= len(targets) else -1
     for index, target in enumerate(targets):
-        if text == target.spec or text.rstrip("/") == target.spec.rstrip("/"):
+        if text == target.name_or_path or text.rstrip("/") == target.name_or_path.rstrip("/"):
             return index
     return None
 
 
-def _map_experts(data: dict[str, Any], targets: list[ModelSource], path: str) -> tuple[list[int], int]:
+def _map_experts(data: MergekitMoEConfig, targets: list[ModelSource], path: str) -> tuple[list[int], int]:
     """Map the YAML's experts and base_model onto the targets.
 
     Each source_model names a target (target_model_N or the target's path / hub id). A config whose
     source_models name none of the targets (e.g. the expert dirs an earlier run saved) is taken in order:
     expert k is target k.
     """
-    sources = [str(e["source_model"]) for e in data["experts"]]
+    sources = [e.source_model for e in data.experts]
     found = [_reference_index(s, targets, sources) for s in sources]
     if any(i == -1 for i in found):
         bad = sources[found.index(-1)]
@@ -166,7 +210,7 @@ def _map_experts(data: dict[str, Any], targets: list[ModelSource], path: str) ->
         order = [int(i) for i in found]
         if sorted(order) != list(range(len(targets))):
             raise UsageError("--moe_config", f"{path!r}: each target must appear exactly once among the experts")
-    base_ref = data.get("base_model")
+    base_ref = data.base_model
     if base_ref is None:
         return order, order[0]
     base = _reference_index(str(base_ref), targets, sources)
@@ -192,16 +236,15 @@ def _check_prompts(gate_mode: str, prompts: list[ExpertPrompts], origin: str) ->
 
 
 def _read_model_config(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> dict[str, Any]:
-    path = Path(source.spec).expanduser()
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if source.is_local:
+        return json.loads((Path(source.name_or_path).expanduser() / "config.json").read_text(encoding="utf-8"))
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source.spec, cache_dir=cache_dir,
+        return AutoConfig.from_pretrained(source.name_or_path, cache_dir=cache_dir,
                                           trust_remote_code=trust_remote_code).to_dict()
     except Exception as exc:  # the hub client raises many types; the user needs one line
-        raise UsageError(source.flag, f"could not read the config of {source.spec!r} ({type(exc).__name__}); check "
+        raise UsageError(source.flag, f"could not read the config of {source.name_or_path!r} ({type(exc).__name__}); check "
                                       "the id, your network, or give a local directory") from None
 
 
@@ -219,20 +262,20 @@ def check_expert_architectures(targets: list[ModelSource], cache_dir: str | None
     for source, config in zip(targets, configs):
         kind = config.get("model_type")
         if kind not in MIXTRAL_SOURCE_TYPES:
-            raise UsageError(source.flag, f"{source.spec!r} is a {kind!r} model; MoE experts must be Llama or "
+            raise UsageError(source.flag, f"{source.name_or_path!r} is a {kind!r} model; MoE experts must be Llama or "
                                           "Mistral models (they map onto Mixtral)")
         if config.get("attention_bias") or config.get("mlp_bias"):
-            raise UsageError(source.flag, f"{source.spec!r} has attention or MLP biases, which Mixtral has not; "
+            raise UsageError(source.flag, f"{source.name_or_path!r} has attention or MLP biases, which Mixtral has not; "
                                           "choose targets without biases")
         if kind != first.get("model_type"):
-            raise UsageError(source.flag, f"{source.spec!r} is a {kind!r} model but {targets[0].flag} is a "
+            raise UsageError(source.flag, f"{source.name_or_path!r} is a {kind!r} model but {targets[0].flag} is a "
                                           f"{first.get('model_type')!r} model; all experts must share one "
                                           "architecture")
         mine, theirs = _shape_of(config), _shape_of(first)
         differing = [k for k in SHAPE_FIELDS if mine[k] != theirs[k]]
         if differing:
             key = differing[0]
-            raise UsageError(source.flag, f"{source.spec!r} has {key}={mine[key]} but {targets[0].flag} has "
+            raise UsageError(source.flag, f"{source.name_or_path!r} has {key}={mine[key]} but {targets[0].flag} has "
                                           f"{theirs[key]}; all experts must have one shape")
 
 
@@ -244,30 +287,29 @@ def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource])
     n = len(targets)
     origin = f"--moe_config {args.moe_config}" if data else "no --moe_config"
     if data is not None:
-        if len(data["experts"]) != n:
-            raise UsageError("--moe_config", f"{args.moe_config!r} lists {len(data['experts'])} experts but "
+        if len(data.experts) != n:
+            raise UsageError("--moe_config", f"{args.moe_config!r} lists {len(data.experts)} experts but "
                                              f"{n} targets were given; give one expert per --target_model_N")
         order, base_index = _map_experts(data, targets, args.moe_config)
         prompts: list[ExpertPrompts] = [ExpertPrompts() for _ in range(n)]
-        for expert, index in zip(data["experts"], order):
-            prompts[index] = ExpertPrompts(list(expert.get("positive_prompts") or []),
-                                           list(expert.get("negative_prompts") or []))
+        for expert, index in zip(data.experts, order):
+            prompts[index] = ExpertPrompts(list(expert.positive_prompts or []), list(expert.negative_prompts or []))
     else:
         base_index, prompts = 0, [ExpertPrompts() for _ in range(n)]
-    gate_mode = args.gate_mode or (data.get("gate_mode", "hidden") if data is not None else "random")
+    gate_mode = args.gate_mode or ((data.gate_mode or "hidden") if data is not None else "random")
     if gate_mode not in GATE_MODES:
         flag = "--gate_mode" if args.gate_mode else "--moe_config"
         raise UsageError(flag, f"unknown gate mode {gate_mode!r}; choose {', '.join(GATE_MODES)}")
-    experts_per_token = args.experts_per_token or (data or {}).get("experts_per_token") or 2
+    experts_per_token = args.experts_per_token or (data.experts_per_token if data is not None else None) or 2
     if not isinstance(experts_per_token, int) or not 1 <= experts_per_token <= n:
         flag = "--experts_per_token" if args.experts_per_token else "--moe_config"
         raise UsageError(flag, f"experts per token must be between 1 and the number of experts ({n}); got "
                                f"{experts_per_token!r}")
     yaml_dtype = None
-    if data is not None and data.get("dtype") is not None:
-        yaml_dtype = YAML_DTYPES.get(str(data["dtype"]))
+    if data is not None and data.dtype is not None:
+        yaml_dtype = YAML_DTYPES.get(data.dtype)
         if yaml_dtype is None:
-            raise UsageError("--moe_config", f"dtype {data['dtype']!r} is not one of bfloat16, float16, float32")
+            raise UsageError("--moe_config", f"dtype {data.dtype!r} is not one of bfloat16, float16, float32")
     _check_prompts(gate_mode, prompts, origin)
     check_expert_architectures(targets, args.cache_dir, args.trust_remote_code)
     return MoESettings(n_experts=n, base_index=base_index, gate_mode=gate_mode, experts_per_token=experts_per_token,

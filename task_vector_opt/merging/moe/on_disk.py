@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from task_vector_opt.merging.models import WeightFiles
-from task_vector_opt.merging.moe.model import mixtral_config, mlp_location
+from task_vector_opt.merging.moe.build import mixtral_config
+from task_vector_opt.merging.moe.layout import mlp_location
 
 ORIGINAL_NAMES = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 

@@ -1,0 +1,49 @@
+"""The MoE's --dry_run plan: weights per expert, tensors and memory, from config files only."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from task_vector_opt.merging.grouping import ordered_groups
+from task_vector_opt.merging.models import DTYPES
+from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
+from task_vector_opt.merging.moe.layout import expert_label, mlp_location, moe_groups
+from task_vector_opt.merging.task_vector import embedding_parameter_names
+
+
+def dry_run_plan(config, evaluator_line: str) -> str:
+    """The MoE plan from config files only: weights per expert, tensors, memory; no weights are read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings: MoESettings = config.extra["moe"]
+    base_source = config.targets[settings.base_index]
+    model_config = AutoConfig.from_pretrained(base_source.name_or_path, cache_dir=config.cache_dir,
+                                              trust_remote_code=config.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    params = dict(skeleton.named_parameters())
+    names = list(params)
+    if config.skip_embed:
+        names = [n for n in names if n not in embedding_parameter_names(skeleton)]
+    groups = moe_groups(names, settings.n_experts, settings.base_index, config.optimize_mode)
+    per_expert = {expert_label(i): len(ordered_groups({k: g for k, g in groups.items()
+                                                       if k.startswith(expert_label(i) + "/")}))
+                  for i in range(settings.n_experts)}
+    itemsize = DTYPES[config.dtype].itemsize
+    dense = sum(p.numel() for p in params.values()) * itemsize
+    mlp = sum(p.numel() for n, p in params.items() if mlp_location(n)) * itemsize
+    moe = dense + (settings.n_experts - 1) * mlp
+    gib = lambda b: round(b / 2**30, 2)  # noqa: E731
+    return json.dumps({
+        "study": config.study_name, "run_dir": str(config.run_dir), "experts": settings.n_experts,
+        "moe_base_expert": settings.base_index + 1, "gate_mode": settings.gate_mode,
+        "experts_per_token": settings.experts_per_token, "dtype": config.dtype, "optimize_mode": config.optimize_mode,
+        "weights": len(ordered_groups(groups)), "weights_per_expert": per_expert, "tensors": len(groups),
+        "sampler": config.sampler, "n_trials": config.n_trials,
+        "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(moe), "task vector": gib(dense)},
+        "evaluator": evaluator_line,
+        "outputs": [str(expert_output_dir(config.output_dir, i)) for i in range(settings.n_experts)]
+                   + ([str(config.output_dir)] if settings.save_moe else []),
+    }, indent=2)
+
