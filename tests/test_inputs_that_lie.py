@@ -57,7 +57,7 @@ def jglue_argv(trio, tmp_path, *extra):
 
 
 def jglue_config(trio, tmp_path, *extra):
-    return validate(JGLUE, parse_namespace(JGLUE.cli, jglue_argv(trio, tmp_path, *extra)))
+    return validate(JGLUE, parse_namespace(JGLUE.command_line, jglue_argv(trio, tmp_path, *extra)))
 
 
 def weights_file(directory: Path) -> Path:
@@ -222,7 +222,7 @@ def test_mt_bench_trial_whose_merge_gives_non_finite_logits_fails_with_the_reaso
     server = JudgeServer().start()
     server.rule = lambda body: reply("fine [[6]]")
     try:
-        args = parse_namespace(MT_BENCH.cli, [
+        args = parse_namespace(MT_BENCH.command_line, [
             "--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
             str(trio["tuned"]), "--dtype", "float32", "--device", "cpu", "--n_trials", "2", "--weight_max", "0.5",
             "--optimize_mode", "all", "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),

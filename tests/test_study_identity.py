@@ -271,7 +271,7 @@ def test_a_study_made_before_the_identity_rule_is_named_with_the_flag_that_resum
     # Such a study holds only the recipe "inputs" (batch size included) under a name hashed from all of them.
     monkeypatch.chdir(tmp_path)
     argv = [a for a in jglue_argv(models, tmp_path) if a not in ("--run_dir", str(tmp_path / "run"))]
-    config = validate(JGLUE, parse_namespace(JGLUE.cli, argv + ["--batch_size", "8", "--dry_run"]))
+    config = validate(JGLUE, parse_namespace(JGLUE.command_line, argv + ["--batch_size", "8", "--dry_run"]))
     old_dir = tmp_path / "runs" / "jglue-layer-791a752ffd"
     old_dir.mkdir(parents=True)
     old = optuna.create_study(study_name=old_dir.name, storage=f"sqlite:///{old_dir / 'study.db'}",
