@@ -19,7 +19,7 @@ from task_vector_opt.cli.config import RunConfig
 from task_vector_opt.evaluation.protocol import Evaluator
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import Merger
-from task_vector_opt.merging.models import DTYPES, load_model, resolve, save_model
+from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
 from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
@@ -267,12 +267,12 @@ def print_summary(result: RunResult) -> None:
 
 
 def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
-    """The plan, from config files only: no weights are read."""
+    """The plan, from config files only: no weights are read. A hub model's config.json is fetched alone, which also
+    checks early that every model can be reached."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    target_dir = config.targets[0].spec
-    model_config = AutoConfig.from_pretrained(target_dir, cache_dir=config.cache_dir,
-                                              trust_remote_code=config.trust_remote_code)
+    config_dirs = [resolve_config(source, config.cache_dir) for source in (*config.targets, config.base, config.tuned)]
+    model_config = AutoConfig.from_pretrained(config_dirs[0], trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
     names = [n for n, _ in skeleton.named_parameters()]

@@ -26,7 +26,7 @@ import torch
 from task_vector_opt.engine import HOST_RESERVE, RunResult, Workspace, recipe
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.files import atomic_directory, write_json_atomic, write_side_files
-from task_vector_opt.merging.models import DTYPES, WeightFiles, load_model, resolve
+from task_vector_opt.merging.models import DTYPES, WeightFiles, load_model, resolve, resolve_config
 from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
 from task_vector_opt.merging.task_vector import VectorEntry, build_task_vector
 
@@ -550,8 +550,9 @@ def dry_run_plan(config, evaluator_line: str) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     settings: MoESettings = config.extra["moe"]
-    base_source = config.targets[settings.base_index]
-    model_config = AutoConfig.from_pretrained(base_source.spec, cache_dir=config.cache_dir,
+    config_dirs = [resolve_config(source, config.cache_dir)  # config.json alone; checks every model can be reached
+                   for source in (*config.targets, config.base, config.tuned)]
+    model_config = AutoConfig.from_pretrained(config_dirs[settings.base_index],
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
