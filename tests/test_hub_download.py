@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 ROLES = ("target", "base", "tuned")
 PLANTED_PICKLE = "pytorch_model.bin"
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
