@@ -88,6 +88,12 @@ def test_second_run_with_hf_hub_offline_uses_the_cache_without_a_single_request(
     assert all(online[name].equal(offline[name]) for name in online)
 
 
+def test_offline_run_of_a_repo_missing_from_the_cache_is_one_line(hub, downloaded, tmp_path):
+    done = run(command(tmp_path, "--dry_run", tuned="me/never-downloaded", cache=downloaded / "cache"), hub.url,
+               tmp_path / "hf_home", HF_HUB_OFFLINE="1")
+    assert_one_line_error(done, "--tuned_model", "'me/never-downloaded'", "HF_HUB_OFFLINE is set")
+
+
 def assert_one_line_error(done: subprocess.CompletedProcess, flag: str, *fragments: str) -> None:
     """Exit code 2, no traceback, no retry loop, and one 'error:' line, the last one, naming the flag and the cause."""
     assert done.returncode == 2, done.stderr[-4000:]

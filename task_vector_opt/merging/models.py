@@ -39,8 +39,8 @@ def _download(source: ModelSource, cache_dir: str | None, patterns: list[str]) -
 
     try:
         if not constants.is_offline_mode():
-            # The hub client waits without limit for the repo listing; this look-up waits at most
-            # HF_HUB_ETAG_TIMEOUT seconds (10 by default), so a silent or unreachable hub fails fast.
+            # snapshot_download's own first request waits without a time limit; this look-up, without retries,
+            # waits at most HF_HUB_ETAG_TIMEOUT seconds (10 by default), so a silent hub fails fast too.
             HfApi().model_info(source.spec, timeout=constants.HF_HUB_ETAG_TIMEOUT)
         return Path(snapshot_download(source.spec, cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as exc:  # the hub client raises many types; the user needs one line and what to do
@@ -55,9 +55,9 @@ def hub_failure_reason(exc: BaseException, cache_dir: str | None) -> str:
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
                                         OfflineModeIsEnabled, RepositoryNotFoundError)
 
-    chain = [exc]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    chain = [exc]  # the hub client wraps the network error it gave up on (raise ... from error)
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
 
     def find(kind):
         return next((error for error in chain if isinstance(error, kind)), None)
