@@ -21,7 +21,7 @@ from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_gua
 from task_vector_opt.evaluation.protocol import Evaluator
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import Merger
-from task_vector_opt.merging.models import DTYPES, load_model, resolve, save_model
+from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
 from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
@@ -286,15 +286,15 @@ def print_summary(result: RunResult) -> None:
 
 
 def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
-    """The plan, from config files only: no weights are read."""
+    """The plan, from config files only: no weights are read. A hub model's config.json is fetched alone, which also
+    checks early that every model can be reached."""
     from transformers import AutoConfig
 
     from task_vector_opt.merging.models import auto_class_for
     from task_vector_opt.merging.vlm import memory_plan, name_map_for
 
-    target_dir = config.targets[0].name_or_path
-    model_config = AutoConfig.from_pretrained(target_dir, cache_dir=config.cache_dir,
-                                              trust_remote_code=config.trust_remote_code)
+    config_dirs = [resolve_config(source, config.cache_dir) for source in (*config.targets, config.base, config.tuned)]
+    model_config = AutoConfig.from_pretrained(config_dirs[0], trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
         skeleton = auto_class_for(model_config).from_config(model_config, trust_remote_code=config.trust_remote_code)
     to_checkpoint = name_map_for(skeleton)  # a VLM: its language model's tensors only

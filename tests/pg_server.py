@@ -21,7 +21,7 @@ def _binary(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
                                        None)
     if not found:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed; run scripts/ci_system_packages.sh "
+        raise RuntimeError(f"PostgreSQL's {name} is not installed; run scripts/system_packages.sh "
                            "(apt-get install postgresql)")
     return found
 

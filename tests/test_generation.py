@@ -2,17 +2,13 @@
 SmolLM2, reproducible per-question sampling, FastChat conversation templates."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from task_vector_opt.evaluation.bench import Question
 from task_vector_opt.evaluation.generation import AnswerGenerator, PerRowSampler, row_seed, temperature_for
+from smollm2_model import smollm2_dir_or_skip
 from tiny_models import make_model, make_tokenizer
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -178,12 +174,7 @@ def test_model_left_in_training_mode_is_restored(tokenizer, tiny_model):
 def smollm2():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from task_vector_opt.demo.smollm2 import prepare_smollm2
-
-    try:
-        path = prepare_smollm2(ROOT / ".cache" / "demo")
-    except Exception as exc:  # no cached model and no way to build it
-        pytest.skip(f"SmolLM2 not available: {exc}")
+    path = smollm2_dir_or_skip()
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
 
 

@@ -9,11 +9,11 @@ import logging
 import math
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
 from judge_server import JudgeServer, fail, reply
+from smollm2_model import smollm2_dir_or_skip
 from task_vector_opt.cli.flags import JUDGE_FLAGS
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.judges import (
@@ -452,13 +452,7 @@ def test_planted_key_never_leaks(server, tmp_path, monkeypatch, caplog):
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    from task_vector_opt.demo.smollm2 import prepare_smollm2
-
-    root = Path(__file__).resolve().parent.parent / ".cache" / "demo"
-    try:
-        return prepare_smollm2(root)
-    except Exception as exc:  # no cached model and no way to build it
-        pytest.skip(f"SmolLM2 not available: {exc}")
+    return smollm2_dir_or_skip()
 
 
 HF_SYSTEM = "Rate the answer."
@@ -493,12 +487,17 @@ def test_hf_judge_logprob_mode_on_smollm2(smollm2_dir, tmp_path):
         assert a.rating == pytest.approx(b.rating, abs=1e-3)
 
 
-def test_hf_judge_text_mode_on_smollm2(smollm2_dir):
+def test_hf_judge_text_mode_reads_the_rating_smollm2_writes(smollm2_dir):
+    # SmolLM2-135M cannot grade answers (measured: in logprob mode it rates "2+2? Berlin" a little above "2+2? 4"),
+    # but it copies a short text reliably. So the judgment is dictated, and the text path (chat template, greedy
+    # generation, decoding, [[rating]] parsing) must read back exactly the dictated ratings, each on the first try.
+    dictated = [3, 8, 10]
     spec = dataclasses.replace(spec_for("--judge_model_name", f"hf:{smollm2_dir}", "--judge_cache", "none"),
                                hf_max_new_tokens=8)
-    judgments, tally = run(spec, hf_requests()[:1])
-    j = judgments[0]
-    assert j.rating is None or 1.0 <= j.rating <= 10.0
-    assert (j.rating is None) == (j.error is not None)
-    assert tally.failures == (j.rating is None)
-    assert tally.requests == 1 + tally.retries_for_parse and tally.output_tokens > 0
+    requests = [JudgeRequest("You repeat text exactly.", f"Repeat exactly: Rating: [[{rating}]]")
+                for rating in dictated]
+    judgments, tally = run(spec, requests)
+    assert [j.rating for j in judgments] == dictated, [j.text for j in judgments]
+    assert all(j.error is None and f"[{rating}]" in j.text for j, rating in zip(judgments, dictated))
+    assert tally.retries_for_parse == 0 and tally.failures == 0
+    assert tally.requests == len(dictated) and tally.output_tokens > 0

@@ -38,7 +38,7 @@ def report_dir(study, tmp_path_factory):
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert found, "chromium is not installed: CI installs it with scripts/ci_system_packages.sh (apt-get install chromium)"
+    assert found, "chromium is not installed: scripts/test.sh installs it (scripts/system_packages.sh)"
     return found
 
 

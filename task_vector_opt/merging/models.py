@@ -23,15 +23,67 @@ def resolve(source: ModelSource, cache_dir: str | None, allow_pickle: bool = Fal
     """Return a local directory for ``source``, downloading only what a merge needs from the hub."""
     if source.is_local:
         return Path(source.name_or_path).expanduser()
-    from huggingface_hub import snapshot_download
+    return _download(source, cache_dir, HUB_PATTERNS + (list(PICKLE_PATTERNS) if allow_pickle else []))
 
-    patterns = HUB_PATTERNS + (list(PICKLE_PATTERNS) if allow_pickle else [])
+
+def resolve_config(source: ModelSource, cache_dir: str | None) -> Path:
+    """Return a local directory holding ``source``'s config.json; from the hub, that one file only (--dry_run)."""
+    if source.is_local:
+        return Path(source.name_or_path).expanduser()
+    return _download(source, cache_dir, ["config.json"])
+
+
+def _download(source: ModelSource, cache_dir: str | None, patterns: list[str]) -> Path:
+    """snapshot_download with a bounded first look-up, and every failure turned into one line for the user."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+
     try:
+        if not constants.is_offline_mode():
+            # snapshot_download's own first request waits without a time limit; this look-up, without retries,
+            # waits at most HF_HUB_ETAG_TIMEOUT seconds (10 by default), so a silent hub fails fast too.
+            HfApi().model_info(source.name_or_path, timeout=constants.HF_HUB_ETAG_TIMEOUT)
         return Path(snapshot_download(source.name_or_path, cache_dir=cache_dir, allow_patterns=patterns))
-    except Exception as exc:  # the hub client raises many types; the user needs one line
-        raise UsageError(source.flag, f"could not download {source.name_or_path!r} from the Hugging Face hub "
-                                      f"({type(exc).__name__}: {first_line(exc)}); "
-                                      "check the id, your network, or give a local directory") from None
+    except Exception as exc:  # the hub client raises many types; the user needs one line and what to do
+        raise UsageError(source.flag, f"could not get {source.name_or_path!r} from the Hugging Face hub: "
+                                      f"{hub_failure_reason(exc, cache_dir)}") from None
+
+
+def hub_failure_reason(exc: BaseException, cache_dir: str | None) -> str:
+    """Why a hub download failed and what to do, from huggingface_hub's exception (and what it wraps)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+
+    chain = [exc]  # the hub client wraps the network error it gave up on (raise ... from error)
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+
+    def find(kind):
+        return next((error for error in chain if isinstance(error, kind)), None)
+
+    login = "log in with a token that may read it (HF_TOKEN or `hf auth login`)"
+    cache = cache_dir or constants.HF_HUB_CACHE
+    if find(GatedRepoError):
+        return f"the repo is gated; accept its conditions on its hub page, then {login}"
+    if find(RepositoryNotFoundError):
+        return f"no such repo (check the id; if it is private, {login})"
+    http_error = find(HfHubHTTPError)
+    if http_error is not None and http_error.response is not None and http_error.response.status_code in (401, 403):
+        return f"access refused (HTTP {http_error.response.status_code}); {login}"
+    if find(IncompleteSnapshotError):
+        return (f"its copy in {cache} is incomplete and the hub cannot be reached; "
+                "download it once with network access, or give a local directory")
+    if find(OfflineModeIsEnabled) or constants.is_offline_mode():
+        return (f"HF_HUB_OFFLINE is set and it is not in {cache}; "
+                "unset HF_HUB_OFFLINE once to download it, or give a local directory")
+    if find(httpx2.TimeoutException):
+        return (f"the hub at {constants.ENDPOINT} did not answer within {constants.HF_HUB_ETAG_TIMEOUT} s "
+                "(HF_HUB_ETAG_TIMEOUT); check your network or HF_ENDPOINT, or give a local directory")
+    if find(httpx2.NetworkError):
+        return (f"the hub at {constants.ENDPOINT} cannot be reached ({first_line(find(httpx2.NetworkError))}); "
+                "check your network or HF_ENDPOINT, or give a local directory")
+    return f"{type(exc).__name__}: {first_line(exc)}; check the id, your network, or give a local directory"
 
 
 def safetensors_problem(file: Path) -> str | None:

@@ -6,7 +6,7 @@ import json
 import torch
 
 from task_vector_opt.merging.grouping import ordered_groups
-from task_vector_opt.merging.models import DTYPES
+from task_vector_opt.merging.models import DTYPES, resolve_config
 from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
 from task_vector_opt.merging.moe.layout import expert_label, mlp_location, moe_groups
 from task_vector_opt.merging.task_vector import embedding_parameter_names
@@ -17,8 +17,9 @@ def dry_run_plan(config, evaluator_line: str) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     settings: MoESettings = config.extra["moe"]
-    base_source = config.targets[settings.base_index]
-    model_config = AutoConfig.from_pretrained(base_source.name_or_path, cache_dir=config.cache_dir,
+    config_dirs = [resolve_config(source, config.cache_dir)  # config.json alone; checks every model can be reached
+                   for source in (*config.targets, config.base, config.tuned)]
+    model_config = AutoConfig.from_pretrained(config_dirs[settings.base_index],
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
