@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from task_vector_opt.evaluation.bench import Question
+from task_vector_opt.evaluation.bench.files import Question
 from task_vector_opt.evaluation.generation import AnswerGenerator, PerRowSampler, row_seed, temperature_for
 from tiny_models import make_model, make_tokenizer
 
