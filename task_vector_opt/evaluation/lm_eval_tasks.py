@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import math
 import re
 from dataclasses import dataclass
 from importlib.util import find_spec
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+import yaml
+
 from task_vector_opt.errors import UsageError
+from task_vector_opt.files import write_atomic
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -35,7 +37,10 @@ DATA_DIR_FLAG = "--jglue_data_dir"
 SEARCH_PATH_FLAG = "--task_search_path"
 
 LOCAL_PREFIX = "jglue_local_"  # generated tasks: jglue_local_jcommonsenseqa, ...
-HOOKS_MODULE = "jglue_local_hooks"  # python module written next to the generated YAMLs
+# process_docs hooks of the generated tasks: a module of this package (not imported here: it needs `datasets`),
+# copied next to the generated YAMLs, where lm-eval's `!function` finds it
+HOOKS_FILE = Path(__file__).with_name("jglue_local_hooks.py")
+HOOKS_MODULE = HOOKS_FILE.stem
 JGLUE_URL = "https://github.com/yahoojapan/JGLUE"
 
 
@@ -429,80 +434,28 @@ def local_data_files(data_dir: str, tasks: Sequence[ResolvedTask]) -> list[Local
     return found
 
 
-HOOKS_SOURCE = '''"""Written by task_vector_opt: turns rows of the official JGLUE files into the docs lm-eval's
-ja_leaderboard tasks expect (the layout of the hub's Rakuten/JGLUE). Used by the YAML files next to it."""
-import datasets
-
-JNLI_LABELS = ("entailment", "contradiction", "neutral")  # doc_to_choice order: 含意, 矛盾, 中立
-MARC_JA_LABELS = ("positive", "negative")  # doc_to_choice order: ポジティブ, ネガティブ
-
-_done = {}  # lm-eval asks for the docs again on every run; the conversion is done once per dataset
+_UNFOLDED = 1 << 30  # a YAML line width that never folds a long path across lines
 
 
-def _once(kind, dataset, convert):
-    key = (kind, getattr(dataset, "_fingerprint", None))
-    if key[1] is None:
-        return convert(dataset)
-    if key not in _done:
-        _done[key] = convert(dataset)
-    return _done[key]
+class FunctionRef(str):
+    """A ``!function module.name`` value of an lm-eval task YAML (a hook lm-eval imports)."""
 
 
-def _label_index(labels, value):
-    if isinstance(value, int):
-        return value
-    text = str(value).strip().lower()
-    if text.isdigit():
-        return int(text)
-    if text not in labels:
-        raise ValueError(f"unexpected label {value!r}; expected one of {labels}")
-    return labels.index(text)
+class TaskYamlDumper(yaml.SafeDumper):
+    """``yaml.safe_dump``'s dumper plus the two values our task YAMLs hold beyond plain data: lm-eval's
+    ``!function`` tag (its loader resolves it to the hook), and paths, written as double-quoted strings."""
 
 
-def _with_int_labels(labels):
-    def convert(dataset):
-        converted = [_label_index(labels, v) for v in dataset["label"]]
-        return dataset.remove_columns("label").add_column("label", converted)
-    return convert
+TaskYamlDumper.add_representer(FunctionRef, lambda dumper, ref: dumper.represent_scalar("!function", str(ref)))
+TaskYamlDumper.add_multi_representer(
+    PurePath, lambda dumper, path: dumper.represent_scalar("tag:yaml.org,2002:str", str(path), style='"'))
 
 
-def jnli_docs(dataset):
-    return _once("jnli", dataset, _with_int_labels(JNLI_LABELS))
-
-
-def marc_ja_docs(dataset):
-    return _once("marc_ja", dataset, _with_int_labels(MARC_JA_LABELS))
-
-
-def _answers(raw):
-    if isinstance(raw, dict):  # already columnar
-        return {"text": list(raw["text"]), "answer_start": [int(s) for s in raw["answer_start"]]}
-    return {"text": [a["text"] for a in raw], "answer_start": [int(a["answer_start"]) for a in raw]}
-
-
-def _flatten_squad(dataset):
-    rows = []
-    for article in dataset:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                rows.append({
-                    "id": str(qa["id"]),
-                    "title": article.get("title", ""),
-                    "context": paragraph["context"],
-                    "question": qa["question"],
-                    "answers": _answers(qa["answers"]),
-                    "is_impossible": bool(qa.get("is_impossible", False)),
-                })
-    return datasets.Dataset.from_list(rows)
-
-
-def jsquad_docs(dataset):
-    return _once("jsquad", dataset, _flatten_squad)
-'''
-
-
-def _yaml_str(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid double-quoted YAML scalar
+def task_yaml(header: Sequence[str], config: dict[str, Any]) -> str:
+    """An lm-eval task YAML: ``header`` as comment lines, then ``config`` in its own key order, on unfolded lines."""
+    comments = "".join(f"# {line}\n" for line in header)
+    return comments + yaml.dump(config, Dumper=TaskYamlDumper, allow_unicode=True, sort_keys=False,
+                                default_flow_style=False, width=_UNFOLDED)
 
 
 def write_local_tasks(out_dir: Path, files: Sequence[LocalTaskFiles], data_dir: str) -> dict[str, Path]:
@@ -511,33 +464,32 @@ def write_local_tasks(out_dir: Path, files: Sequence[LocalTaskFiles], data_dir: 
     Each YAML ``include:``s lm-eval's ja_leaderboard config (prompts, metric, few-shot, splits) and only
     swaps the data: ``dataset_path: json`` on the official files, plus a ``process_docs`` hook where the
     official rows differ from the hub's (JNLI/MARC-ja string labels, JSQuAD's nested SQuAD layout).
-    The folder works as is with ``lm_eval --include_path <out_dir> --tasks jglue_local_jnli,...``.
-    Returns task name -> YAML path.
+    The hooks are ``jglue_local_hooks.py`` of this package, copied beside the YAMLs, where lm-eval's
+    ``!function`` looks first; so the folder works as is with
+    ``lm_eval --include_path <out_dir> --tasks jglue_local_jnli,...``. Returns task name -> YAML path.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{HOOKS_MODULE}.py").write_text(HOOKS_SOURCE, encoding="utf-8")
+    write_atomic(out_dir / HOOKS_FILE.name, HOOKS_FILE.read_bytes())
     written: dict[str, Path] = {}
     for item in files:
         local = item.family.local
         assert local is not None
-        base = ja_leaderboard_dir() / f"{item.family.lm_eval_task}.yaml"
-        lines = [
-            f"# Written by task_vector_opt: {item.family.lm_eval_task} on the local JGLUE copy {data_dir}",
-            f"# (datasets/{item.folder}). Same prompts, metric and few-shot as the included task.",
-            f"include: {_yaml_str(str(base))}",
-            f"task: {item.task}",
-            "dataset_path: json",
-            "dataset_name: null",
-            "dataset_kwargs:",
-            "  data_files:",
-            *(f"    {split}: {_yaml_str(str(path))}" for split, path in item.files.items()),
-        ]
+        dataset_kwargs: dict[str, Any] = {"data_files": dict(item.files)}
         if local.json_field:
-            lines.append(f"  field: {local.json_field}")
+            dataset_kwargs["field"] = local.json_field
+        config: dict[str, Any] = {
+            "include": ja_leaderboard_dir() / f"{item.family.lm_eval_task}.yaml",
+            "task": item.task,
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": dataset_kwargs,
+        }
         if local.process_docs:
-            lines.append(f"process_docs: !function {HOOKS_MODULE}.{local.process_docs}")
+            config["process_docs"] = FunctionRef(f"{HOOKS_MODULE}.{local.process_docs}")
+        header = [f"Written by task_vector_opt: {item.family.lm_eval_task} on the local JGLUE copy {data_dir}",
+                  f"(datasets/{item.folder}). Same prompts, metric and few-shot as the included task."]
         path = out_dir / f"{item.task}.yaml"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_atomic(path, task_yaml(header, config))
         written[item.task] = path
     return written
 
