@@ -20,9 +20,11 @@ import torch
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.protocol import Score
 from task_vector_opt.evaluation.jglue import DEFAULT_LIMIT, JGLUEEvaluator, JGLUESettings, jglue_settings_from_args
-from task_vector_opt.evaluation.lm_eval_tasks import (TASK_FAMILIES, LocalTaskFiles, ja_leaderboard_dir,
-                                                      parse_task_list, primary_metric, resolve_tasks, task_manager,
-                                                      write_local_tasks)
+from task_vector_opt.evaluation.lm_eval_tasks.local_data import LocalTaskFiles, write_local_tasks
+from task_vector_opt.evaluation.lm_eval_tasks.resolution import ja_leaderboard_dir, resolve_tasks, task_manager
+from task_vector_opt.evaluation.lm_eval_tasks.scoring import primary_metric
+from task_vector_opt.evaluation.lm_eval_tasks.table import TASK_FAMILIES
+from task_vector_opt.evaluation.lm_eval_tasks.task_list import parse_task_list
 
 JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,jnli-1.3-0.2,jsquad-1.1-0.2"
 LOCAL_TASKS = ["jglue_local_jcommonsenseqa", "jglue_local_jnli", "jglue_local_jsquad"]
@@ -553,7 +555,7 @@ def test_batch_size_accepts_integers_and_auto():
 def test_generated_task_yamls_survive_awkward_paths_and_keep_lm_eval_function_hooks(tmp_path):
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from task_vector_opt.evaluation import jglue_local_hooks
+    from task_vector_opt.evaluation.lm_eval_tasks import jglue_local_hooks
 
     squad = next(f for f in TASK_FAMILIES if f.stem == "jsquad")
     awkward = tmp_path / "日本語 #1: 'quoted' \"data\" {x}" / "a-very-long-folder-name-that-passes-eighty-columns-easily"

@@ -7,7 +7,7 @@ Settings come from the JGLUE flags (``jglue_settings_from_args``, every check be
 * search: documents ``[0, limit)`` of each task's evaluation split;
 * holdout: documents ``[limit, limit + holdout)``, disjoint from the search ones.
 
-The score of a task is its primary metric (``lm_eval_tasks.primary_metric``: acc, else exact_match,
+The score of a task is its primary metric (``lm_eval_tasks.scoring.primary_metric``: acc, else exact_match,
 else the task's first metric), the run's score is the weighted mean over tasks (``name:weight``).
 """
 from __future__ import annotations
@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.evaluation.lm_eval_tasks.local_data import local_data_files, write_local_tasks
+from task_vector_opt.evaluation.lm_eval_tasks.resolution import ResolvedTask, check_data_dir, check_search_path, \
+    resolve_tasks, task_manager
+from task_vector_opt.evaluation.lm_eval_tasks.scoring import higher_is_better, primary_metric, result_value, \
+    weighted_mean
+from task_vector_opt.evaluation.lm_eval_tasks.table import family_of_task
+from task_vector_opt.evaluation.lm_eval_tasks.task_list import TASKS_FLAG, normalized_weights, parse_task_list, \
+    per_task_ints
 from task_vector_opt.evaluation.protocol import Score
-from task_vector_opt.evaluation.lm_eval_tasks import (TASKS_FLAG, ResolvedTask, check_data_dir, check_search_path, family_of_task,
-                            higher_is_better, local_data_files, normalized_weights, parse_task_list, per_task_ints,
-                            primary_metric, resolve_tasks, result_value, task_manager, weighted_mean,
-                            write_local_tasks)
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task

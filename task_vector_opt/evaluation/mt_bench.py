@@ -9,7 +9,6 @@ mean and counted (FastChat's score -1 in the file); if too few judgments succeed
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time

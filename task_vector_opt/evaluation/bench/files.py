@@ -32,9 +32,11 @@ BENCH_DIR_FLAG = "--bench_dir"
 JUDGE_FILE_FLAG = "--judge_file"
 HOLDOUT_FILE_FLAG = "--holdout_question_file"
 
+# The default paths are the flag table's; named here because, when absent from the working directory, they
+# are looked up in the repository's own FastChat/ folder (settings._resolve_existing).
 _FLAG_DEFAULTS = {flag.name: flag.default for flag in BENCH_FLAGS}
-DEFAULT_BENCH_DIR: str = _FLAG_DEFAULTS[BENCH_DIR_FLAG]  # the flag table holds the value; named here for the
-DEFAULT_JUDGE_FILE: str = _FLAG_DEFAULTS[JUDGE_FILE_FLAG]  # fallback to the repository's own FastChat/ folder
+DEFAULT_BENCH_DIR: str = _FLAG_DEFAULTS[BENCH_DIR_FLAG]
+DEFAULT_JUDGE_FILE: str = _FLAG_DEFAULTS[JUDGE_FILE_FLAG]
 REPO_ROOT = Path(__file__).resolve().parents[3]
 QUESTION_FILE = "question.jsonl"
 REFERENCE_DIR = "reference_answer"
