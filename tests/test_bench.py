@@ -165,6 +165,21 @@ def test_bad_question_lines_name_file_and_line(bench_dir, raw, fragment):
         check(bench_dir)
 
 
+@pytest.mark.parametrize("question_id", ["true", "5.0", '""', "null"])
+def test_question_ids_are_integers_or_non_empty_strings_never_booleans_floats_or_empty(bench_dir, question_id):
+    raw = f'{{"question_id": {question_id}, "category": "stem", "turns": ["a"]}}'
+    path = write_jsonl(bench_dir / "mybench" / "question.jsonl", USER_QUESTIONS, {1: raw})
+    with raises("--bench_name", f"{path}:2:", "invalid question_id"):
+        check(bench_dir)
+
+
+def test_judge_prompt_descriptive_fields_load_as_text_whatever_their_json_type(tmp_path):
+    rows = user_prompt_rows()
+    rows[1].update(description=3, category=None)
+    prompts = load_judge_prompts(write_jsonl(tmp_path / "judge_prompts.jsonl", rows))
+    assert (prompts["single-v1"].description, prompts["single-v1"].category) == ("3", "None")
+
+
 def test_bad_reference_answer_line(bench_dir):
     path = write_jsonl(bench_dir / "mybench" / "reference_answer" / "gpt-4.jsonl", USER_REFERENCES,
                        {1: '{"question_id": 111, "model_id": "gpt-4", "turns": ["21"]}'})
