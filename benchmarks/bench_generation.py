@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from task_vector_opt.evaluation.bench import DEFAULT_BENCH_DIR, DEFAULT_JUDGE_FILE, Question, check_bench  # noqa: E402
+from task_vector_opt.evaluation.bench.check import check_bench  # noqa: E402
+from task_vector_opt.evaluation.bench.files import DEFAULT_BENCH_DIR, DEFAULT_JUDGE_FILE, Question  # noqa: E402
 
 EXTRA = [
     Question("x1", "writing", ["春の訪れを感じる瞬間について、短いエッセイを書いてください。",

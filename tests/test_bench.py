@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.evaluation.bench import (
-    BenchSettings, Question, bench_settings_from_args, check_bench, judge_prompt_for, load_bench,
-    load_judge_prompts, load_questions, load_reference_answers, need_ref_categories, render_judge_prompt,
-    split_holdout, temperature_table,
+from task_vector_opt.evaluation.bench.check import check_bench
+from task_vector_opt.evaluation.bench.files import (
+    Question, load_judge_prompts, load_questions, load_reference_answers, need_ref_categories, temperature_table,
 )
+from task_vector_opt.evaluation.bench.prompts import judge_prompt_for, render_judge_prompt
+from task_vector_opt.evaluation.bench.settings import BenchSettings, bench_settings_from_args, load_bench, split_holdout
 from task_vector_opt.cli.flags import BENCH_FLAGS
 from task_vector_opt.errors import UsageError
 
@@ -164,6 +165,21 @@ def test_bad_question_lines_name_file_and_line(bench_dir, raw, fragment):
         check(bench_dir)
 
 
+@pytest.mark.parametrize("question_id", ["true", "5.0", '""', "null"])
+def test_question_ids_are_integers_or_non_empty_strings_never_booleans_floats_or_empty(bench_dir, question_id):
+    raw = f'{{"question_id": {question_id}, "category": "stem", "turns": ["a"]}}'
+    path = write_jsonl(bench_dir / "mybench" / "question.jsonl", USER_QUESTIONS, {1: raw})
+    with raises("--bench_name", f"{path}:2:", "invalid question_id"):
+        check(bench_dir)
+
+
+def test_judge_prompt_descriptive_fields_load_as_text_whatever_their_json_type(tmp_path):
+    rows = user_prompt_rows()
+    rows[1].update(description=3, category=None)
+    prompts = load_judge_prompts(write_jsonl(tmp_path / "judge_prompts.jsonl", rows))
+    assert (prompts["single-v1"].description, prompts["single-v1"].category) == ("3", "None")
+
+
 def test_bad_reference_answer_line(bench_dir):
     path = write_jsonl(bench_dir / "mybench" / "reference_answer" / "gpt-4.jsonl", USER_REFERENCES,
                        {1: '{"question_id": 111, "model_id": "gpt-4", "turns": ["21"]}'})
@@ -272,15 +288,15 @@ def test_prompt_choice_as_fastchat(bench_dir):
 def test_rendering_fills_fastchat_placeholders(bench_dir):
     bench = check(bench_dir)
     math = bench.questions[1]
-    system, user = render_judge_prompt(bench.prompt_for(math, False), math, ["my 21"], math.reference)
+    system, user = render_judge_prompt(judge_prompt_for(math, bench.judge_prompts, False), math, ["my 21"], math.reference)
     assert system == "You grade answers."
     assert user == "[Question]\nWhat is 3 * 7?\n[Reference]\n21\n[Answer]\nmy 21"
-    _, user = render_judge_prompt(bench.prompt_for(math, True), math, ["a1", "a2"], math.reference)
+    _, user = render_judge_prompt(judge_prompt_for(math, bench.judge_prompts, True), math, ["a1", "a2"], math.reference)
     assert user == "What is 3 * 7?|21|a1|And 3 * 8?|24|a2"
     writing = bench.questions[0]
-    _, user = render_judge_prompt(bench.prompt_for(writing, True), writing, ["first", "second"], None)
+    _, user = render_judge_prompt(judge_prompt_for(writing, bench.judge_prompts, True), writing, ["first", "second"], None)
     assert user == "Write a travel blog post.|first|Rewrite it in limericks.|second"
-    _, user = render_judge_prompt(bench.prompt_for(writing, False), writing, ["only {braces} kept"], None)
+    _, user = render_judge_prompt(judge_prompt_for(writing, bench.judge_prompts, False), writing, ["only {braces} kept"], None)
     assert user.endswith("[Answer]\nonly {braces} kept")
 
 
@@ -288,7 +304,7 @@ def test_shipped_prompts_render(bench_dir):
     bench = check_bench(DATA, "example", DATA / "judge_prompts.jsonl")
     for question in bench.questions:
         for multi_turn in (False, True):
-            system, user = render_judge_prompt(bench.prompt_for(question, multi_turn), question, ["A1", "A2"])
+            system, user = render_judge_prompt(judge_prompt_for(question, bench.judge_prompts, multi_turn), question, ["A1", "A2"])
             assert question.turns[0] in user and "A1" in user and "[[rating]]" in system + user
             if multi_turn:
                 assert question.turns[1] in user and "A2" in user

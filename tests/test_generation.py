@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from task_vector_opt.evaluation.bench import Question
+from task_vector_opt.evaluation.batching import left_padded
+from task_vector_opt.evaluation.bench.files import Question
 from task_vector_opt.evaluation.generation import AnswerGenerator, PerRowSampler, row_seed, temperature_for
 from smollm2_model import smollm2_dir_or_skip
 from tiny_models import make_model, make_tokenizer
@@ -83,6 +84,14 @@ def test_order_restored_and_batches_sorted_and_left_padded(tokenizer):
     assert any(c["sampler"] is None for c in model.calls) and any(c["sampler"] is not None for c in model.calls)
     assert all(c["config"].do_sample is False and c["config"].max_new_tokens == 512 for c in model.calls)
     assert len(model.calls) == 2 * (2 + 1 + 2)  # per turn: 0.0 (3 math: 2 batches), 0.1 (stem), 0.7 (3: 2 batches)
+
+
+def test_left_padding_puts_each_sequence_against_the_right_edge_and_masks_only_the_padding():
+    # the one left-padding helper, used by answer generation and by the in-process judge
+    input_ids, attention_mask = left_padded([[5, 6, 7], [8], [9, 10]], pad_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    assert input_ids.dtype == attention_mask.dtype == torch.long
 
 
 def test_second_turn_prompt_holds_first_turn_and_answer(tokenizer):

@@ -20,8 +20,11 @@ import torch
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.protocol import Score
 from task_vector_opt.evaluation.jglue import DEFAULT_LIMIT, JGLUEEvaluator, JGLUESettings, jglue_settings_from_args
-from task_vector_opt.evaluation.lm_eval_tasks import (TASK_FAMILIES, ja_leaderboard_dir, parse_task_list,
-                                                      primary_metric, resolve_tasks, task_manager)
+from task_vector_opt.evaluation.lm_eval_tasks.local_data import LocalTaskFiles, write_local_tasks
+from task_vector_opt.evaluation.lm_eval_tasks.resolution import ja_leaderboard_dir, resolve_tasks, task_manager
+from task_vector_opt.evaluation.lm_eval_tasks.scoring import primary_metric
+from task_vector_opt.evaluation.lm_eval_tasks.table import TASK_FAMILIES
+from task_vector_opt.evaluation.lm_eval_tasks.task_list import parse_task_list
 
 JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,jnli-1.3-0.2,jsquad-1.1-0.2"
 LOCAL_TASKS = ["jglue_local_jcommonsenseqa", "jglue_local_jnli", "jglue_local_jsquad"]
@@ -547,6 +550,26 @@ def test_bad_batch_sizes_are_refused(value):
 def test_batch_size_accepts_integers_and_auto():
     assert jglue_settings_from_args(flags(batch_size="8")).batch_size == 8
     assert jglue_settings_from_args(flags(batch_size="auto")).batch_size == "auto"
+
+
+def test_generated_task_yamls_survive_awkward_paths_and_keep_lm_eval_function_hooks(tmp_path):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from task_vector_opt.evaluation.lm_eval_tasks import jglue_local_hooks
+
+    squad = next(f for f in TASK_FAMILIES if f.stem == "jsquad")
+    awkward = tmp_path / "日本語 #1: 'quoted' \"data\" {x}" / "a-very-long-folder-name-that-passes-eighty-columns-easily"
+    files = {"train": awkward / "train-v1.1.json", "validation": awkward / "valid-v1.1.json"}
+    out = tmp_path / "tasks"
+    (path,) = write_local_tasks(out, [LocalTaskFiles("jglue_local_jsquad", squad, "jsquad-v1.1", files)],
+                                str(awkward)).values()
+    config = load_yaml(path, resolve_func=True, recursive=False)
+    assert config["dataset_kwargs"] == {"data_files": {k: str(v) for k, v in files.items()}, "field": "data"}
+    assert config["include"] == str(ja_leaderboard_dir() / "ja_leaderboard_jsquad.yaml")
+    assert config["task"] == "jglue_local_jsquad" and config["dataset_name"] is None
+    hook = config["process_docs"]  # resolved by lm-eval's loader to the copy beside the YAML
+    assert callable(hook) and hook.__name__ == "jsquad_docs"
+    assert (out / "jglue_local_hooks.py").read_bytes() == Path(jglue_local_hooks.__file__).read_bytes()
 
 
 # -------------------------------------------------------------------------------------------- name table

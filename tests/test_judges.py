@@ -16,10 +16,12 @@ from judge_server import JudgeServer, fail, reply
 from smollm2_model import smollm2_dir_or_skip
 from task_vector_opt.cli.flags import JUDGE_FLAGS
 from task_vector_opt.errors import UsageError
-from task_vector_opt.evaluation.judges import (
-    JudgeRequest, JudgeSpec, JudgeTally, JudgmentCache, make_judge, parse_rating, price_for,
-    judge_spec_from_args,
-)
+from task_vector_opt.evaluation.judges.cache import JudgmentCache
+from task_vector_opt.evaluation.judges.judgment import JudgeRequest, JudgeTally
+from task_vector_opt.evaluation.judges.prices import price_for
+from task_vector_opt.evaluation.judges.ratings import parse_rating
+from task_vector_opt.evaluation.judges.registry import make_judge
+from task_vector_opt.evaluation.judges.settings import JudgeSpec, judge_spec_from_args
 
 SECRET = "sk-test-PLANTED-SECRET"
 ENV_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_VERSION", "AZURE_OPENAI_API_KEY",
@@ -369,13 +371,13 @@ def test_bad_inputs_are_usage_errors(monkeypatch, argv, env, flag, needle):
 
 
 def test_4bit_without_cuda_or_bitsandbytes_is_a_usage_error(tmp_path, monkeypatch):
-    import task_vector_opt.evaluation.judges as judges
+    import task_vector_opt.evaluation.judges.settings as judge_settings
 
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     with monkeypatch.context() as patch:
-        patch.setattr(judges, "_has_4bit_support", lambda: "no CUDA device is visible")
+        patch.setattr(judge_settings, "missing_4bit_requirements", lambda: "no CUDA device is visible")
         with pytest.raises(UsageError) as info:
             spec_for("--judge_model_name", str(model_dir), "--judge_load_in_4bit")
         assert info.value.flag == "--judge_load_in_4bit" and "bitsandbytes" in str(info.value)
@@ -383,7 +385,7 @@ def test_4bit_without_cuda_or_bitsandbytes_is_a_usage_error(tmp_path, monkeypatc
         with pytest.raises(UsageError) as info:
             spec_for("--judge_model_name", "Cohere")
         assert info.value.flag == "--judge_model_name" and "c4ai-command-r-plus-4bit" in str(info.value)
-    if judges._has_4bit_support() is not None:  # this machine really lacks them: the real check says so
+    if judge_settings.missing_4bit_requirements() is not None:  # this machine really lacks them: the real check says so
         with pytest.raises(UsageError) as info:
             spec_for("--judge_model_name", str(model_dir), "--judge_load_in_4bit")
         assert info.value.flag == "--judge_load_in_4bit"

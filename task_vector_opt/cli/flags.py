@@ -234,7 +234,7 @@ JUDGE_FLAGS = [
 
 # ---------------------------------------------------------------------------------------------------------------
 # MT-Bench questions and answer generation (task_vector_opt.evaluation.bench, task_vector_opt.evaluation.generation); checked by
-# bench.bench_settings_from_args. Paths default to the original FastChat llm_judge layout.
+# evaluation.bench.settings.bench_settings_from_args. Paths default to the original FastChat llm_judge layout.
 BENCH_FLAGS = [
     Flag("--bench_name", "Bench to answer: the folder <bench_dir>/<bench_name>/ holding question.jsonl (and "
          "reference_answer/<model>.jsonl), as in FastChat's llm_judge.", "example"),

@@ -43,7 +43,8 @@ from typing import Any, Sequence
 
 import torch
 
-from task_vector_opt.evaluation.bench import Question, temperature_table
+from task_vector_opt.evaluation.batching import left_padded
+from task_vector_opt.evaluation.bench.files import Question, temperature_table
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +273,8 @@ class AnswerGenerator:
 
         device = _model_device(model)
         eos, pad = self._special_ids(model)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
+        input_ids, attention_mask = left_padded(prompts, pad)
+        width = input_ids.shape[1]
         # All generation settings explicit (the model's own sampling defaults do not leak in); greedy search
         # picks the argmax, which for temperature > 0 is the token PerRowSampler drew.
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,

@@ -7,7 +7,7 @@ Settings come from the JGLUE flags (``jglue_settings_from_args``, every check be
 * search: documents ``[0, limit)`` of each task's evaluation split;
 * holdout: documents ``[limit, limit + holdout)``, disjoint from the search ones.
 
-The score of a task is its primary metric (``lm_eval_tasks.primary_metric``: acc, else exact_match,
+The score of a task is its primary metric (``lm_eval_tasks.scoring.primary_metric``: acc, else exact_match,
 else the task's first metric), the run's score is the weighted mean over tasks (``name:weight``).
 """
 from __future__ import annotations
@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from task_vector_opt.cli.flags import DEFAULT_JGLUE_TASKS
 from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.evaluation.lm_eval_tasks.local_data import local_data_files, write_local_tasks
+from task_vector_opt.evaluation.lm_eval_tasks.resolution import ResolvedTask, check_data_dir, check_search_path, \
+    resolve_tasks, task_manager
+from task_vector_opt.evaluation.lm_eval_tasks.scoring import higher_is_better, primary_metric, result_value, \
+    weighted_mean
+from task_vector_opt.evaluation.lm_eval_tasks.table import family_of_task
+from task_vector_opt.evaluation.lm_eval_tasks.task_list import TASKS_FLAG, normalized_weights, parse_task_list, \
+    per_task_ints
 from task_vector_opt.evaluation.protocol import Score
-from task_vector_opt.evaluation.lm_eval_tasks import (TASKS_FLAG, ResolvedTask, check_data_dir, check_search_path, family_of_task,
-                            higher_is_better, local_data_files, normalized_weights, parse_task_list, per_task_ints,
-                            primary_metric, resolve_tasks, result_value, task_manager, weighted_mean,
-                            write_local_tasks)
 from task_vector_opt.identity import outside_identity
 
 if TYPE_CHECKING:
@@ -51,9 +54,9 @@ class JGLUESettings:
     limits: list[int]  # search documents per task
     num_fewshot: list[int | None]  # None: the task's own default
     holdout_limits: list[int]  # held-out documents per task (0: none)
-    data_dir: str | None = None  # local JGLUE repository copy (absolute)
-    task_search_path: str | None = None  # folder of user task YAMLs (absolute)
-    batch_size: int | str = outside_identity(default=16)  # an integer, "auto" or "auto:N"; same scores
+    data_dir: str | None  # local JGLUE repository copy (absolute)
+    task_search_path: str | None  # folder of user task YAMLs (absolute)
+    batch_size: int | str = outside_identity()  # an integer, "auto" or "auto:N"; the same scores
 
 
 def parse_batch_size(value: Any) -> int | str:
@@ -72,15 +75,14 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     Quick: parsing, file checks and lm-eval's small task index (japanese_leaderboard + --task_search_path);
     lm-eval's full index is only built for a name found nowhere else.
     """
-    requests = parse_task_list(getattr(args, "jglue_tasks", DEFAULT_JGLUE_TASKS))
+    requests = parse_task_list(args.jglue_tasks)
     names = [r.name for r in requests]
-    search_path = check_search_path(getattr(args, "task_search_path", None))
-    limits = per_task_ints("--jglue_limit", getattr(args, "jglue_limit", None), names, minimum=1)
-    fewshot = per_task_ints("--jglue_num_fewshot", getattr(args, "jglue_num_fewshot", None), names, minimum=0,
-                            allow_default=True)
-    holdout = per_task_ints("--jglue_holdout_limit", getattr(args, "jglue_holdout_limit", None), names, minimum=0)
-    batch_size = parse_batch_size(getattr(args, "batch_size", 16))
-    data_dir = check_data_dir(getattr(args, "jglue_data_dir", None))
+    search_path = check_search_path(args.task_search_path)
+    limits = per_task_ints("--jglue_limit", args.jglue_limit, names, minimum=1)
+    fewshot = per_task_ints("--jglue_num_fewshot", args.jglue_num_fewshot, names, minimum=0, allow_default=True)
+    holdout = per_task_ints("--jglue_holdout_limit", args.jglue_holdout_limit, names, minimum=0)
+    batch_size = parse_batch_size(args.batch_size)
+    data_dir = check_data_dir(args.jglue_data_dir)
     resolved = resolve_tasks(requests, search_path=search_path, data_dir=data_dir)
     if data_dir:
         local_data_files(data_dir, resolved)  # names the first missing file

@@ -19,13 +19,17 @@ from typing import Any
 
 import optuna
 
-from task_vector_opt.evaluation.bench import BenchSettings, Question, bench_settings_from_args, judge_prompt_for, load_bench, \
-    render_judge_prompt
 from task_vector_opt.errors import TrialFailure, UsageError
-from task_vector_opt.files import write_jsonl_atomic
+from task_vector_opt.evaluation.bench.files import Question
+from task_vector_opt.evaluation.bench.prompts import judge_prompt_for, render_judge_prompt
+from task_vector_opt.evaluation.bench.settings import BenchSettings, bench_settings_from_args, load_bench
 from task_vector_opt.evaluation.generation import AnswerGenerator
-from task_vector_opt.evaluation.judges import Judge, JudgeRequest, JudgeSpec, JudgeTally, judge_spec_from_args, make_judge
+from task_vector_opt.evaluation.judges.base import Judge
+from task_vector_opt.evaluation.judges.judgment import JudgeRequest, JudgeTally
+from task_vector_opt.evaluation.judges.registry import make_judge
+from task_vector_opt.evaluation.judges.settings import JudgeSpec, judge_spec_from_args
 from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.files import write_jsonl_atomic
 from task_vector_opt.identity import identity_when, outside_identity
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,11 @@ import torch
 
 from task_vector_opt.identity import identity_when, outside_identity
 from task_vector_opt.errors import UsageError
-from task_vector_opt.evaluation.bench import _jsonl_records, split_holdout
-from task_vector_opt.evaluation.judges import JudgeRequest, judge_spec_from_args, make_judge
+from task_vector_opt.evaluation.bench.files import jsonl_records
+from task_vector_opt.evaluation.bench.settings import split_holdout
+from task_vector_opt.evaluation.judges.judgment import JudgeRequest
+from task_vector_opt.evaluation.judges.registry import make_judge
+from task_vector_opt.evaluation.judges.settings import judge_spec_from_args
 from task_vector_opt.evaluation.protocol import Score
 from task_vector_opt.files import write_jsonl_atomic
 
@@ -68,7 +71,7 @@ def load_vlm_bench(path: str | Path) -> list[VLMItem]:
     path = Path(path).expanduser()
     items: list[VLMItem] = []
     seen: dict[str, int] = {}
-    for number, record in _jsonl_records(path, BENCH_FLAG):
+    for number, record in jsonl_records(path, BENCH_FLAG):
         where = f"{path}:{number}"
         for field_name in ("question", "answer", "image"):
             value = record.get(field_name)
