@@ -56,6 +56,8 @@ class RunConfig:
     finalize: bool = False  # no search: holdout and save
     save_on_interrupt: bool = False
     evaluator: Any = None  # the pipeline's own evaluator settings (a dataclass)
+    tuned_models: list[ModelSource] = field(default_factory=list)  # every --tuned_model; ``tuned`` is the first
+    merge: Any = None  # merging.methods.MergeSettings; None: one vector, plain task arithmetic
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe_inputs(self) -> dict[str, Any]:
@@ -63,11 +65,18 @@ class RunConfig:
         evaluator = asdict(self.evaluator) if self.evaluator is not None else None
         extra = {k: v.recipe_inputs() if hasattr(v, "recipe_inputs") else asdict(v) if is_dataclass(v) else v
                  for k, v in self.extra.items()}
+        tuned = [t.spec for t in self.tuned_models] or [self.tuned.spec]
+        # One vector under plain task arithmetic writes exactly the inputs it always did, so the default study
+        # name of an older command is unchanged and its study resumes.
+        plain = len(tuned) == 1 and (self.merge is None or self.merge.recipe_inputs() == {
+            "merge_method": "task_arithmetic", "normalize": False})
+        merge = {} if plain else {"merge": self.merge.recipe_inputs() if self.merge is not None else None}
         return {
             "pipeline": self.pipeline,
             "targets": [t.spec for t in self.targets],
             "base_model": self.base.spec,
-            "tuned_model": self.tuned.spec,
+            "tuned_model": tuned[0] if len(tuned) == 1 else tuned,
+            **merge,
             "dtype": self.dtype,
             "skip_embed": self.skip_embed,
             "optimize_mode": self.optimize_mode,
