@@ -308,15 +308,23 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
     names = [n for n, _ in skeleton.named_parameters()]
-    n_weights = len(ordered_groups(group_names(names, config.optimize_mode)))
+    n_groups = len(ordered_groups(group_names(names, config.optimize_mode)))
+    n_vectors = len(config.tuned_models) or 1
+    n_weights = n_groups * n_vectors
+    merge = config.merge
+    n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (n_groups if merge.density_per_group
+                                                                               else 1)
     model_bytes = sum(p.numel() for p in skeleton.parameters()) * DTYPES[config.dtype].itemsize
     gib = model_bytes / 2**30
     on_device = config.vector_placement != "cpu" and config.device != "cpu"
     return json.dumps({
         "study": config.study_name, "storage": redact(config.storage), "run_dir": str(config.run_dir),
         "optimize_mode": config.optimize_mode, "weights": n_weights, "tensors": len(names),
+        "task_vectors": n_vectors, "merge_method": merge.method if merge is not None else "task_arithmetic",
+        "densities": n_densities,
         "sampler": config.sampler, "n_trials": config.n_trials,
-        "memory_estimate_gib": {config.device: round(gib * (3 if on_device else 1), 2),
-                                **({} if on_device else {"cpu (target copy + task vector)": round(2 * gib, 2)})},
+        "memory_estimate_gib": {config.device: round(gib * ((2 + n_vectors) if on_device else 1), 2),
+                                **({} if on_device else {"cpu (target copy + task vectors)":
+                                                         round((1 + n_vectors) * gib, 2)})},
         "evaluator": evaluator_line, "output_dir": str(config.output_dir),
     }, indent=2)
