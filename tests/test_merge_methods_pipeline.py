@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-from dataclasses import fields
 from pathlib import Path
 
 import optuna
@@ -48,8 +47,8 @@ def load_study(tmp_path):
 
 def merge_of(trio, recipe):
     """The merge the recipe describes, rebuilt from the models by a fresh Merger."""
-    merge = recipe["inputs"]["merge"]
-    settings = MergeSettings(**{f.name: merge[f.name] for f in fields(MergeSettings) if f.name in merge})
+    settings = MergeSettings.from_recipe_inputs(recipe["inputs"]["merge"])
+    assert settings.method == recipe["inputs"]["merge"]["merge_method"]
     model = AutoModelForCausalLM.from_pretrained(trio["target"], dtype=torch.float32)
     vectors = [build_task_vector(model, trio["base"], Path(t), dtype=torch.float32, store_device="cpu")
                for t in recipe["inputs"]["tuned_model"]]

@@ -6,7 +6,7 @@ densities), so a trial only runs elementwise passes over the tensor: merged = or
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -61,8 +61,13 @@ class MergeSettings:
             inputs.update(dare_seed=self.seed, dare_rescale=self.dare_rescale)
         return inputs
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def from_recipe_inputs(cls, inputs: dict[str, Any] | None) -> "MergeSettings":
+        """The settings a recipe's ``inputs["merge"]`` describes (plain task arithmetic when absent)."""
+        inputs = dict(inputs or {})
+        method = inputs.pop("merge_method", "task_arithmetic")
+        known = {f for f in cls.__dataclass_fields__ if f != "method"}
+        return cls(method=method, **{k: v for k, v in inputs.items() if k in known})
 
 
 @dataclass(frozen=True)
