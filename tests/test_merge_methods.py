@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from task_vector_opt.merging.grouping import group_names
 from task_vector_opt.merging.merger import Merger
-from task_vector_opt.merging.methods import (MergeSettings, dare_generator_seed, dare_keep_mask,
-                                             magnitude_thresholds)
+from task_vector_opt.merging.methods import MergeSettings, dare_keep_mask, magnitude_thresholds
 from task_vector_opt.merging.task_vector import build_task_vector
 from task_vector_opt.outputs.mergekit_export import layout_from_merger, mergekit_config
 from tiny_models import make_model, make_tokenizer, save
@@ -115,8 +114,8 @@ def test_dare_equals_mergekits_definition_under_the_same_masks(models, tmp_path,
             for name, entry in vector.items():
                 if entry.delta.shape == tensor.shape and torch.equal(entry.delta, tensor):
                     assert density == pytest.approx(densities[index])
-                    keep = dare_keep_mask(tensor.shape, densities[index],
-                                          dare_generator_seed(settings.seed, index, name), tensor.device)
+                    keep = dare_keep_mask(name, index, tensor.shape, densities[index], settings.seed,
+                                          tensor.device)
                     used.append(name)
                     return mergekit.sparsify.rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)
         raise AssertionError("mergekit sparsified a tensor that is no task vector of ours")
@@ -182,15 +181,19 @@ def test_ties_thresholds_keep_exactly_the_top_k_magnitudes_at_every_grid_density
         assert set(torch.topk(delta.abs().flatten(), k).indices.tolist()) == set(kept.flatten().nonzero()[:, 0].tolist())
 
 
-def test_dare_masks_are_fixed_by_the_seed_and_nested_across_densities():
-    seed = dare_generator_seed(42, 0, "model.layers.0.mlp.up_proj.weight")
-    low = dare_keep_mask(torch.Size([64, 64]), 0.3, seed, torch.device("cpu"))
-    assert torch.equal(low, dare_keep_mask(torch.Size([64, 64]), 0.3, seed, torch.device("cpu")))
-    high = dare_keep_mask(torch.Size([64, 64]), 0.6, seed, torch.device("cpu"))
+def test_dare_masks_are_fixed_by_the_seed_and_nested_across_densities(monkeypatch):
+    import task_vector_opt.merging.methods as methods
+
+    monkeypatch.setattr(methods, "CHUNK", 1000)  # several chunks, each with its own generator
+    name, shape, cpu = "model.layers.0.mlp.up_proj.weight", torch.Size([64, 64]), torch.device("cpu")
+    low = dare_keep_mask(name, 0, shape, 0.3, 42, cpu)
+    assert torch.equal(low, dare_keep_mask(name, 0, shape, 0.3, 42, cpu))
+    high = dare_keep_mask(name, 0, shape, 0.6, 42, cpu)
     assert bool((high | ~low).all()) and 0.25 < low.float().mean() < 0.35
-    other = dare_keep_mask(torch.Size([64, 64]), 0.3, dare_generator_seed(43, 0, "model.layers.0.mlp.up_proj.weight"),
-                           torch.device("cpu"))
-    assert not torch.equal(low, other)
+    assert not torch.equal(low, dare_keep_mask(name, 0, shape, 0.3, 43, cpu))
+    assert not torch.equal(low, dare_keep_mask(name, 1, shape, 0.3, 42, cpu))
+    flat = low.flatten()
+    assert not torch.equal(flat[:1000], flat[1000:2000])  # each chunk draws from its own generator
 
 
 def test_dare_inverse_density_rescale_is_the_papers_formula(models):
@@ -203,7 +206,27 @@ def test_dare_inverse_density_rescale_is_the_papers_formula(models):
     for name in merger.vector:
         expected = base[name].clone()
         for index, vector in enumerate(merger.vectors):
-            keep = dare_keep_mask(base[name].shape, densities[index], dare_generator_seed(3, index, name),
-                                  torch.device("cpu"))
+            keep = dare_keep_mask(name, index, base[name].shape, densities[index], 3, torch.device("cpu"))
             expected += params[merger.names.weight(index, merger.groups[name])] * vector[name].delta * keep / densities[index]
         assert torch.allclose(model.get_parameter(name).detach(), expected, atol=1e-6), name
+
+
+@pytest.mark.parametrize("settings", [MergeSettings("task_arithmetic"), MergeSettings("ties"),
+                                      MergeSettings("ties", normalize=True), MergeSettings("dare_linear")])
+def test_a_tensor_merged_in_chunks_equals_the_tensor_merged_at_once(monkeypatch, settings):
+    """Chunking bounds the work buffers; it must not change a value (DARE's masks are drawn per chunk by
+    definition, so there only the drop-free part is compared: density 1)."""
+    import task_vector_opt.merging.methods as methods
+
+    torch.manual_seed(0)
+    origin = torch.randn(33, 70, dtype=torch.bfloat16)
+    deltas = [torch.randn(33, 70, dtype=torch.bfloat16) * 0.02 for _ in range(3)]
+    densities = [1.0, 1.0, 1.0] if settings.drops else [0.3, 0.55, 1.0]
+    sources = methods.TensorSources("t", origin, deltas,
+                                    [magnitude_thresholds(d, 0.1, 1.0) for d in deltas], 100)
+    whole, chunked = torch.empty_like(origin), torch.empty_like(origin)
+    methods.write_merged(whole, sources, [0.7, -0.4, 1.2], densities, settings)
+    monkeypatch.setattr(methods, "CHUNK", 128)
+    methods.write_merged(chunked, sources, [0.7, -0.4, 1.2], densities, settings)
+    assert torch.equal(whole.view(torch.uint16), chunked.view(torch.uint16))
+    assert not torch.equal(whole, origin)

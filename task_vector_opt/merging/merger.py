@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from task_vector_opt.merging.grouping import ordered_groups
-from task_vector_opt.merging.methods import (DENSITY_GRID, MergeSettings, ParamNames, TensorSources,
+from task_vector_opt.merging.methods import (DENSITY_GRID, MergeSettings, ParamNames, Scratch, TensorSources,
                                              magnitude_thresholds, snap_density, write_merged)
 from task_vector_opt.merging.task_vector import VectorEntry
 
@@ -51,6 +51,7 @@ class Merger:
                 if entry.delta.device != copy.device:
                     raise ValueError(f"{name}: the task vector and the target copy must live on one device")
         self.thresholds = self._precompute_thresholds()
+        self.scratch = Scratch()  # a few chunk-sized work buffers, reused by every write
         self.current: dict[str, TensorSetting | None] = {name: 0.0 for name in self.vector}  # starts as the target
 
     def _precompute_thresholds(self) -> dict[str, list[torch.Tensor]]:
@@ -114,7 +115,7 @@ class Merger:
                 sources = TensorSources(name, origin, [v[name].delta for v in self.vectors],
                                         self.thresholds.get(name),
                                         round(self.settings.density_min * DENSITY_GRID))
-                write_merged(live, sources, per_vector, densities, self.settings)
+                write_merged(live, sources, per_vector, densities, self.settings, self.scratch)
             self.current[name] = setting
             written += 1
         return written
