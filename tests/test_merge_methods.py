@@ -230,3 +230,16 @@ def test_a_tensor_merged_in_chunks_equals_the_tensor_merged_at_once(monkeypatch,
     methods.write_merged(chunked, sources, [0.7, -0.4, 1.2], densities, settings)
     assert torch.equal(whole.view(torch.uint16), chunked.view(torch.uint16))
     assert not torch.equal(whole, origin)
+
+
+def test_the_model_card_names_every_source_model_and_the_flags_that_reproduce_the_merge():
+    from task_vector_opt.outputs.model_card import metadata, reproduce_command
+
+    inputs = {"pipeline": "jglue", "targets": ["org/target"], "base_model": "org/base",
+              "tuned_model": ["org/tuned-a", "org/tuned-b"], "optimize_mode": "layer", "dtype": "bfloat16",
+              "merge": MergeSettings("dare_ties", density_min=0.2, dare_seed=5).recipe_inputs()}
+    assert metadata(inputs)["base_model"] == ["org/target", "org/tuned-a", "org/tuned-b", "org/base"]
+    command = reproduce_command(inputs, "study", "sqlite:///s.db")
+    for fragment in ("--tuned_model org/tuned-a,org/tuned-b", "--merge_method dare_ties", "--density_min 0.2",
+                     "--dare_seed 5 --dare_rescale inverse_density"):
+        assert fragment in command, command

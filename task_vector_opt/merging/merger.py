@@ -8,7 +8,6 @@ sparsifying method (TIES, DARE) go through task_vector_opt.merging.methods.
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -17,8 +16,6 @@ from task_vector_opt.merging.grouping import ordered_groups
 from task_vector_opt.merging.methods import (DENSITY_GRID, MergeSettings, ParamNames, Scratch, TensorSources,
                                              magnitude_thresholds, snap_density, write_merged)
 from task_vector_opt.merging.task_vector import VectorEntry
-
-log = logging.getLogger(__name__)
 
 TensorSetting = float | tuple  # one vector, task arithmetic: its weight; otherwise (weights, densities)
 
@@ -76,9 +73,10 @@ class Merger:
 
     def density_names(self) -> list[str]:
         """The Optuna density parameters (none under task arithmetic)."""
-        order = ordered_groups(self.groups) if self.settings.density_per_group else order_first(self.groups)
-        names = [self.names.density(i, g) for i in range(len(self.vectors)) for g in order]
-        return list(dict.fromkeys(n for n in names if n is not None))
+        if not self.settings.sparsifies:
+            return []
+        order = ordered_groups(self.groups) if self.settings.density_per_group else [""]  # "": the name has no group
+        return [str(self.names.density(i, g)) for i in range(len(self.vectors)) for g in order]
 
     def weights_per_tensor(self, weights: dict[str, float]) -> dict[str, TensorSetting]:
         """{tensor: its setting}: a float weight for one plain vector, else (weights per vector, densities)."""
@@ -135,8 +133,3 @@ class Merger:
         return (sum(size(t) for t in self.origin.values())
                 + sum(size(e.delta) for entries in self.vectors for e in entries.values())
                 + sum(size(t) for tables in self.thresholds.values() for t in tables))
-
-
-def order_first(groups: dict[str, str]) -> list[str]:
-    """One stand-in group (densities per vector only: the group does not appear in their names)."""
-    return ordered_groups(groups)[:1]
