@@ -178,7 +178,8 @@ def test_ties_thresholds_keep_exactly_the_top_k_magnitudes_at_every_grid_density
         k = max(1, int(density * delta.numel()))
         kept = delta.abs() >= table[round(density * 1000) - 100]
         assert kept.sum().item() == k
-        assert set(torch.topk(delta.abs().flatten(), k).indices.tolist()) == set(kept.flatten().nonzero()[:, 0].tolist())
+        top = set(torch.topk(delta.abs().flatten(), k).indices.tolist())
+        assert top == set(kept.flatten().nonzero()[:, 0].tolist())
 
 
 def test_dare_masks_are_fixed_by_the_seed_and_nested_across_densities(monkeypatch):
@@ -207,7 +208,8 @@ def test_dare_inverse_density_rescale_is_the_papers_formula(models):
         expected = base[name].clone()
         for index, vector in enumerate(merger.vectors):
             keep = dare_keep_mask(name, index, base[name].shape, densities[index], 3, torch.device("cpu"))
-            expected += params[merger.names.weight(index, merger.groups[name])] * vector[name].delta * keep / densities[index]
+            weight = params[merger.names.weight(index, merger.groups[name])]
+            expected += weight * vector[name].delta * keep / densities[index]
         assert torch.allclose(model.get_parameter(name).detach(), expected, atol=1e-6), name
 
 

@@ -34,7 +34,8 @@ class Merger:
         self.params = {name: params[name] for name in self.vector}
         self.groups = groups
         self.names = ParamNames(len(self.vectors), self.settings.sparsifies, self.settings.density_per_group)
-        self.plain = len(self.vectors) == 1 and not self.settings.sparsifies  # today's single fused add
+        # one vector, plain task arithmetic: today's single fused add
+        self.plain = len(self.vectors) == 1 and not (self.settings.sparsifies or self.settings.normalize)
         pin = torch.device(store_device).type == "cpu" and any(p.is_cuda for p in self.params.values())
         self.origin: dict[str, torch.Tensor] = {}
         for name in self.vector:
