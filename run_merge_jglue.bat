@@ -5,7 +5,10 @@ setlocal
 
 set TARGET_MODEL=NTQAI/chatntq-ja-7b-v1.0
 set BASE_MODEL=mistralai/Mistral-7B-v0.1
+rem TUNED_MODEL: several models, comma-separated, give one task vector each
 set TUNED_MODEL=mistralai/Mistral-7B-Instruct-v0.2
+rem MERGE_METHOD: task_arithmetic, ties, dare_linear or dare_ties
+set MERGE_METHOD=task_arithmetic
 set OPTIMIZE_MODE=layer
 set N_TRIALS=30
 set CACHE_DIR=.\models
@@ -27,6 +30,7 @@ if exist .venv\Scripts\python.exe set PYTHON=.venv\Scripts\python.exe
   --target_model "%TARGET_MODEL%" ^
   --base_model "%BASE_MODEL%" ^
   --tuned_model "%TUNED_MODEL%" ^
+  --merge_method "%MERGE_METHOD%" ^
   --optimize_mode "%OPTIMIZE_MODE%" ^
   --n_trials "%N_TRIALS%" ^
   --cache_dir "%CACHE_DIR%" ^

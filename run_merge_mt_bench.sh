@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 
 TARGET_MODEL="NTQAI/chatntq-ja-7b-v1.0"             # model that receives the task vector
 BASE_MODEL="mistralai/Mistral-7B-v0.1"              # task vector = TUNED_MODEL - BASE_MODEL
-TUNED_MODEL="mistralai/Mistral-7B-Instruct-v0.2"
+TUNED_MODEL="mistralai/Mistral-7B-Instruct-v0.2"  # several: comma-separated, one task vector each
+MERGE_METHOD="task_arithmetic"                      # task_arithmetic | ties | dare_linear | dare_ties
 BENCH_NAME="example"                                # FastChat/fastchat/llm_judge/data/<BENCH_NAME>/question.jsonl
 JUDGE_MODEL_NAME="gpt-4"                            # gpt-4o, claude-..., azure:<deployment>, hf:<model>, ...
 OPTIMIZE_MODE="layer"                               # all | layer | parameter
@@ -29,6 +30,7 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
   --target_model "$TARGET_MODEL" \
   --base_model "$BASE_MODEL" \
   --tuned_model "$TUNED_MODEL" \
+  --merge_method "$MERGE_METHOD" \
   --bench_name "$BENCH_NAME" \
   --judge_model_name "$JUDGE_MODEL_NAME" \
   --optimize_mode "$OPTIMIZE_MODE" \

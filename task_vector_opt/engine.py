@@ -21,6 +21,7 @@ from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_gua
 from task_vector_opt.evaluation.protocol import Evaluator
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import Merger
+from task_vector_opt.merging.methods import DENSITY_STEP
 from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
 from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
@@ -85,27 +86,41 @@ class Workspace:
     n_tensors: int
     # Saves the best merge (already applied); default: the live model to --output_dir. The MoE saves its experts.
     save: Callable[[RunConfig, "RunResult", dict], Path] | None = None  # (config, result, report files)
+    # Searched parameters besides the weights, {name: (low, high, step)}: the densities of TIES / DARE
+    densities: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+    def baseline_fixed(self) -> dict[str, float]:
+        """What the w=0 / w=1 baselines use besides the weights: the highest density searched."""
+        return {name: high for name, (_low, high, _step) in self.densities.items()}
 
 
 def prepare(config: RunConfig) -> Workspace:
-    """Load the target, build the task vector tuned - base and the merger (one model, one vector)."""
+    """Load the target, build each task vector tuned_i - base (streamed) and the merger."""
     started = time.perf_counter()
     target_dir = resolve(config.targets[0], config.cache_dir, config.allow_pickle)
     base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
-    tuned_dir = resolve(config.tuned, config.cache_dir, config.allow_pickle)
+    tuned_dirs = [resolve(t, config.cache_dir, config.allow_pickle) for t in config.tuned_models or [config.tuned]]
     model, tokenizer = load_model(target_dir, config.dtype, config.device, config.trust_remote_code,
                                   config.allow_pickle, config.targets[0].flag)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     store_device = choose_store_device(config, model_bytes)
-    vector = build_task_vector(model, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=store_device,
-                               skip_embed=config.skip_embed)
-    groups = group_names(list(vector), config.optimize_mode)
-    group_order = ordered_groups(groups)
-    merger = Merger(model, vector, groups, store_device)
-    log.info("loaded in %.1fs: %d tensors, %d weights (%s mode), copies on %s (%.2f GiB)",
-             time.perf_counter() - started, len(vector), len(group_order), config.optimize_mode, store_device,
+    vectors = [build_task_vector(model, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=store_device,
+                                 skip_embed=config.skip_embed) for tuned_dir in tuned_dirs]
+    groups = group_names(list(vectors[0]), config.optimize_mode)
+    merger = Merger(model, vectors, groups, store_device, config.merge)
+    group_order = merger.weight_names()
+    densities = density_ranges(merger, config)
+    log.info("loaded in %.1fs: %d tensors, %d vector(s), %d weights + %d densities (%s mode, %s), copies on %s "
+             "(%.2f GiB)", time.perf_counter() - started, len(vectors[0]), len(vectors), len(group_order),
+             len(densities), config.optimize_mode, merger.settings.method, store_device,
              merger.stored_bytes() / 2**30)
-    return Workspace(model, tokenizer, merger, group_order, len(vector))
+    return Workspace(model, tokenizer, merger, group_order, len(vectors[0]), densities=densities)
+
+
+def density_ranges(merger: Merger, config: RunConfig) -> dict[str, tuple[float, float, float]]:
+    """{density parameter: (low, high, step)} of a sparsifying merge; empty under task arithmetic."""
+    settings = merger.settings
+    return {name: (settings.density_min, settings.density_max, DENSITY_STEP) for name in merger.density_names()}
 
 
 Preparer = Callable[[RunConfig], Workspace]
@@ -127,14 +142,15 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     ws = prepare_workspace(config)
 
     study = open_study(storage, config.study_name, config.sampler, config.seed, evaluator.pruner,
-                       ws.group_order if config.baseline_trials and not config.finalize else None)
+                       ws.group_order if config.baseline_trials and not config.finalize else None,
+                       ws.baseline_fixed())
     if not config.finalize:
         search(config, study, ws, evaluator, callbacks)
     if config.search_only:
         log.info("--search_only: this worker is done; save the model with the same command and --finalize")
         return result_of(config, study)
     result = result_of(config, study)
-    candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k)
+    candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k, ws.baseline_fixed())
     result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
     best_label = label_of(candidates, result.best_weights)
     if best_label in result.holdout:
@@ -163,7 +179,8 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
 
     try:
         run_search(study, config.n_trials,
-                   make_objective(ws.group_order, config.weight_min, config.weight_max, score), callbacks)
+                   make_objective(ws.group_order, config.weight_min, config.weight_max, score, ws.densities),
+                   callbacks)
     except KeyboardInterrupt:
         if config.save_on_interrupt and completed(study):
             log.warning("interrupted: saving the best trial so far (--save_on_interrupt); Ctrl-C again to abandon")
@@ -197,12 +214,16 @@ def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: Run
     result.files = sorted(["merge_recipe.json", *side_files])
 
 
-def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int) -> dict[str, dict[str, float]]:
+def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int,
+                       fixed: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     """The target (w=0), plain addition (w=1) and the top-k trials by search score, best first.
 
-    A trial whose weights equal an earlier candidate's is scored once, under the earlier label.
+    A trial whose weights equal an earlier candidate's is scored once, under the earlier label. ``fixed``: the
+    baselines' other parameters (densities).
     """
-    candidates = {"w=0": dict.fromkeys(group_order, 0.0), "w=1": dict.fromkeys(group_order, 1.0)}
+    fixed = fixed or {}
+    candidates = {"w=0": {**dict.fromkeys(group_order, 0.0), **fixed},
+                  "w=1": {**dict.fromkeys(group_order, 1.0), **fixed}}
     ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                     key=lambda t: t.value, reverse=True)
     for trial in ranked[:top_k]:
@@ -244,7 +265,7 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
     """merge_recipe.json: enough to understand and reproduce the merge."""
     return {
         "tool": f"task_vector_opt {__version__}",
-        "formula": "target + weight * (tuned - base)",
+        "formula": formula(config),
         "inputs": config.recipe_inputs(),
         "study": {"name": config.study_name, "storage": redact(config.storage), "n_trials": config.n_trials},
         "best": {"trial": result.best_trial, "score": result.best_value},
@@ -253,6 +274,17 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
         "tensors": n_tensors,
         "weights": result.best_weights,
     }
+
+
+def formula(config: RunConfig) -> str:
+    """The merge in one line, as the recipe and the model card state it."""
+    merge = config.merge
+    n_vectors = len(config.tuned_models) or 1
+    if n_vectors == 1 and (merge is None or not (merge.sparsifies or merge.normalize)):
+        return "target + weight * (tuned - base)"
+    sparsified = "" if merge is None or not merge.sparsifies else f"{merge.method} sparsified, "
+    return (f"target + sum_i weight_i * S(tuned_i - base) ({sparsified}{n_vectors} vector(s)"
+            + (", normalized by the sum of the weights" if merge is not None and merge.normalize else "") + ")")
 
 
 def summary_table(result: RunResult) -> str:
@@ -299,18 +331,25 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
         skeleton = auto_class_for(model_config).from_config(model_config, trust_remote_code=config.trust_remote_code)
     to_checkpoint = name_map_for(skeleton)  # a VLM: its language model's tensors only
     names = [n for n, _ in skeleton.named_parameters() if to_checkpoint(n) is not None]
-    n_weights = len(ordered_groups(group_names(names, config.optimize_mode)))
+    n_groups = len(ordered_groups(group_names(names, config.optimize_mode)))
+    n_vectors = len(config.tuned_models) or 1
+    n_weights = n_groups * n_vectors
+    merge = config.merge
+    n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (n_groups if merge.density_per_group
+                                                                               else 1)
     itemsize = DTYPES[config.dtype].itemsize
     parameters = dict(skeleton.named_parameters())
     on_device = config.vector_placement != "cpu" and config.device != "cpu"
     memory = memory_plan(sum(p.numel() for p in parameters.values()) * itemsize,
-                         sum(parameters[n].numel() for n in names) * itemsize, on_device)
+                         sum(parameters[n].numel() for n in names) * itemsize, on_device, n_vectors)
     return json.dumps({
         "study": config.study_name, "storage": redact(config.storage), "run_dir": str(config.run_dir),
         "optimize_mode": config.optimize_mode, "weights": n_weights, "tensors": len(names),
+        "task_vectors": n_vectors, "merge_method": merge.method if merge is not None else "task_arithmetic",
+        "densities": n_densities,
         "sampler": config.sampler, "n_trials": config.n_trials,
         "memory_estimate_gib": {config.device: round(memory.device_bytes / 2**30, 2),
                                 **({} if on_device else
-                                   {"cpu (target copy + task vector)": round(memory.host_bytes / 2**30, 2)})},
+                                   {"cpu (target copy + task vectors)": round(memory.host_bytes / 2**30, 2)})},
         "evaluator": evaluator_line, "output_dir": str(config.output_dir),
     }, indent=2)

@@ -11,11 +11,12 @@ if TYPE_CHECKING:  # the settings types live with their pipelines; importing the
     from task_vector_opt.evaluation.jglue import JGLUESettings
     from task_vector_opt.evaluation.mt_bench import MTBenchSettings
     from task_vector_opt.evaluation.vlm_bench import VLMBenchSettings
+    from task_vector_opt.merging.methods import MergeSettings
     from task_vector_opt.merging.moe.config import MoESettings
 
     EvaluatorSettings = JGLUESettings | MTBenchSettings | VLMBenchSettings
 
-from task_vector_opt.identity import identity_named, outside_identity, study_identity
+from task_vector_opt.identity import identity_named, identity_when, outside_identity, study_identity
 
 WEIGHT_PATTERNS = ("*.safetensors",)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
@@ -95,6 +96,12 @@ class RunConfig:
     finalize: bool = outside_identity(default=False)  # no search: holdout and save
     save_on_interrupt: bool = outside_identity(default=False)
     evaluator: EvaluatorSettings | None = None  # the pipeline's own evaluator settings
+    # every --tuned_model (``tuned`` is the first); with one, the study knows it as tuned_model alone
+    tuned_models: list[ModelSource] = identity_when(lambda config: len(config.tuned_models) > 1,
+                                                    default_factory=list)
+    # how the vectors combine (method, densities); None or plain task arithmetic: not part of the study's identity
+    merge: MergeSettings | None = identity_when(lambda config: config.merge is not None and not config.merge.is_plain,
+                                                default=None)
     extra: PipelineExtras = identity_named("", default_factory=PipelineExtras)  # e.g. {"moe": MoESettings}, at the top level
     # Set by validation when --output_dir already holds this study's saved best model: nothing is left to do.
     saved_output: list[Path] | None = outside_identity(default=None)
@@ -105,11 +112,17 @@ class RunConfig:
         evaluator = asdict(self.evaluator) if self.evaluator is not None else None
         extra = {k: v.recipe_inputs() if hasattr(v, "recipe_inputs") else asdict(v) if is_dataclass(v) else v
                  for k, v in self.extra.items()}
+        tuned = [t.name_or_path for t in self.tuned_models] or [self.tuned.name_or_path]
+        # One vector under plain task arithmetic writes exactly the inputs it always did, so the default study
+        # name of an older command is unchanged and its study resumes.
+        plain = len(tuned) == 1 and (self.merge is None or self.merge.is_plain)
+        merge = {} if plain else {"merge": self.merge.recipe_inputs() if self.merge is not None else None}
         return {
             "pipeline": self.pipeline,
             "targets": [t.name_or_path for t in self.targets],
             "base_model": self.base.name_or_path,
-            "tuned_model": self.tuned.name_or_path,
+            "tuned_model": tuned[0] if len(tuned) == 1 else tuned,
+            **merge,
             "dtype": self.dtype,
             "skip_embed": self.skip_embed,
             "optimize_mode": self.optimize_mode,

@@ -64,7 +64,9 @@ DTYPE_FLAG = Flag("--dtype", "Precision of the live model and the task vector.",
                   choices=("bfloat16", "float16", "float32"))
 MODEL_FLAGS = [
     Flag("--base_model", "Model subtracted to form the task vector (tuned - base): hub id or local dir."),
-    Flag("--tuned_model", "Model the task vector is taken from (tuned - base): hub id or local dir."),
+    Flag("--tuned_model", "Model the task vector is taken from (tuned - base): hub id or local dir. Several, "
+         "comma-separated, give one task vector each (tuned_i - base), merged by --merge_method with a weight per "
+         "vector and group."),
     Flag("--cache_dir", "Where hub downloads are cached (as in the original)."),
     DTYPE_FLAG,
     Flag("--device", "Device of the live model: cuda, cuda:N, cpu or mps (default: cuda when available, else cpu)."),
@@ -77,6 +79,28 @@ MODEL_FLAGS = [
          action="store_true", default=False),
     Flag("--allow_pickle", "Allow loading .bin/.pt (pickle) weights; only safetensors are loaded otherwise.",
          action="store_true", default=False),
+]
+
+# How several task vectors combine (task_vector_opt.merging.methods; checked by validation.merge_settings_from_args).
+MERGE_FLAGS = [
+    Flag("--merge_method", "How the task vectors combine, with mergekit's meaning: 'task_arithmetic' (target + "
+         "sum w_i*tau_i), 'ties' (each tau_i trimmed to its largest-magnitude entries, a sign elected per entry, "
+         "only agreeing entries added), 'dare_linear' (entries dropped at random, the rest rescaled) or 'dare_ties' "
+         "(DARE drop, then the TIES sign election).", "task_arithmetic",
+         choices=("task_arithmetic", "ties", "dare_linear", "dare_ties")),
+    Flag("--density_min", "Lowest density searched (share of each vector's entries kept by ties / dare_*; "
+         "on a 0.001 grid).", 0.1, type=float),
+    Flag("--density_max", "Highest density searched (at most 1.0 = keep every entry).", 1.0, type=float),
+    Flag("--density_per_group", "Search one density per vector and group (as the weights) instead of one per "
+         "vector.", action="store_true", default=False),
+    Flag("--dare_seed", "Seed of the DARE drop masks (dare_linear / dare_ties): the same weights and densities "
+         "give the same merge (default: 42).", type=int),
+    Flag("--dare_rescale", "How DARE rescales the kept entries: 'inverse_density' (by 1/density, the DARE paper), "
+         "'l1' (back to the vector's L1 norm, as mergekit's rescale) or 'none'.", "inverse_density",
+         choices=("inverse_density", "l1", "none")),
+    Flag("--merge_normalize", "Divide the merged delta by the sum of the weights (ties / dare_ties: of the "
+         "weights whose sign agrees per entry), as mergekit's normalize option.", action="store_true",
+         default=False),
 ]
 
 SEARCH_FLAGS = [
@@ -163,7 +187,8 @@ class CommandLine:
 
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=self.prog, description=self.description)
-        groups = {"models": self.target_flags + MODEL_FLAGS, "search": SEARCH_FLAGS, "output": OUTPUT_FLAGS,
+        groups = {"models": self.target_flags + MODEL_FLAGS, "merge method": MERGE_FLAGS, "search": SEARCH_FLAGS,
+                  "output": OUTPUT_FLAGS,
                   "sharing": SHARING_FLAGS,
                   "evaluation": self.evaluator_flags() if callable(self.evaluator_flags) else self.evaluator_flags,
                   **self.extra_groups}

@@ -33,6 +33,10 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
     targets = pipeline.targets_from_args(args)
     extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
+    if "moe" in extra and (len(config.tuned_models) > 1 or config.merge.sparsifies or config.merge.normalize):
+        raise UsageError("--tuned_model" if len(config.tuned_models) > 1 else "--merge_method",
+                         "the MoE scripts merge one task vector with task_arithmetic only for now; give one "
+                         "--tuned_model and leave --merge_method / --merge_normalize at their defaults")
     check_storage(config.storage, config.study_name if config.finalize else None)
     if not config.search_only:  # a search-only worker writes no model
         config.saved_output = pipeline.check_outputs(config, holds_this_studys_model(config))
@@ -190,6 +194,77 @@ def check_storage(url: str, finalize_study: str | None = None) -> None:
             engine.dispose()
 
 
+def tuned_sources(value: str | None) -> list[ModelSource]:
+    """--tuned_model: one model, or several comma-separated; each gives its own task vector."""
+    if not value:
+        return [ModelSource("--tuned_model", value or "")]
+    specs = [spec.strip() for spec in value.split(",")]
+    if any(not spec for spec in specs):
+        raise UsageError("--tuned_model", f"{value!r} has an empty entry; give models separated by single commas")
+    resolved = [str(Path(s).expanduser().resolve()) if Path(s).expanduser().is_dir() else s for s in specs]
+    for index, spec in enumerate(resolved):
+        if spec in resolved[:index]:
+            raise UsageError("--tuned_model", f"{specs[index]!r} is given twice; each tuned model gives one task "
+                                              "vector, so list it once (its weight is searched)")
+    return [ModelSource("--tuned_model", spec) for spec in specs]
+
+
+def check_tuned_matches_base(tuned: ModelSource, base: ModelSource) -> None:
+    """Names and shapes of a local tuned model's tensors against the base's, from the safetensors headers only."""
+    from task_vector_opt.merging.models import WeightFiles
+
+    tuned_dir, base_dir = Path(tuned.name_or_path).expanduser(), Path(base.name_or_path).expanduser()
+    if not (tuned_dir.is_dir() and base_dir.is_dir()):
+        return  # a hub model is checked when its task vector is built
+    if not (any(tuned_dir.glob("*.safetensors")) and any(base_dir.glob("*.safetensors"))):
+        return  # pickle weights (--allow_pickle) have no header to read
+    tuned_files, base_files = WeightFiles(tuned_dir), WeightFiles(base_dir)
+    try:
+        missing = [key for key in base_files.keys() if key not in tuned_files]
+        extra = [key for key in tuned_files.keys() if key not in base_files]
+        if missing or extra:
+            which = (f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the base lacks")
+            count = len(missing) + len(extra)
+            raise UsageError("--tuned_model", f"{tuned.name_or_path!r} {which} ({count} tensor name(s) differ from "
+                                              f"--base_model {base.name_or_path!r}); every tuned model must be a fine-tune "
+                                              "of the base, with the same architecture")
+        for key in base_files.keys():
+            if tuned_files.shape(key) != base_files.shape(key):
+                raise UsageError("--tuned_model", f"{tuned.name_or_path!r}: tensor {key} has shape {tuned_files.shape(key)} "
+                                                  f"but --base_model has {base_files.shape(key)}; every tuned model "
+                                                  "must be a fine-tune of the base, with the same architecture")
+    finally:
+        tuned_files.close()
+        base_files.close()
+
+
+def merge_settings_from_args(args: argparse.Namespace):
+    """--merge_method and its options -> MergeSettings, or the UsageError of the first bad one."""
+    from task_vector_opt.merging.methods import DENSITY_GRID, DROPPING_METHODS, MERGE_METHODS, MergeSettings
+
+    method = args.merge_method
+    if method not in MERGE_METHODS:
+        raise UsageError("--merge_method", f"unknown method {method!r}; choose one of {', '.join(MERGE_METHODS)}")
+    for flag, value in (("--density_min", args.density_min), ("--density_max", args.density_max)):
+        if not 0.0 < value <= 1.0:
+            raise UsageError(flag, f"({value}) must be in (0, 1]: a density is the share of a vector's entries kept")
+        if abs(value * DENSITY_GRID - round(value * DENSITY_GRID)) > 1e-6:
+            raise UsageError(flag, f"({value}) must be a multiple of {1 / DENSITY_GRID} (densities are searched "
+                                   f"on that grid); e.g. {round(value * DENSITY_GRID) / DENSITY_GRID}")
+    if args.density_min > args.density_max:
+        raise UsageError("--density_min", f"({args.density_min}) must not be above --density_max "
+                                          f"({args.density_max})")
+    if args.dare_seed is not None and method not in DROPPING_METHODS:
+        raise UsageError("--dare_seed", f"only applies to a method that drops entries at random (dare_linear, "
+                                        f"dare_ties), not {method}; drop --dare_seed or change --merge_method")
+    if args.density_per_group and method == "task_arithmetic":
+        raise UsageError("--density_per_group", "task_arithmetic keeps every entry, so it has no density to "
+                                                "search; choose --merge_method ties, dare_linear or dare_ties")
+    return MergeSettings(method=method, density_min=args.density_min, density_max=args.density_max,
+                         density_per_group=args.density_per_group, dare_seed=args.dare_seed,
+                         normalize=args.merge_normalize, dare_rescale=args.dare_rescale)
+
+
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
                  extra: dict[str, Any] | None = None, dtype: str | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
@@ -207,11 +282,14 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         raise UsageError("--finalize", "cannot be combined with --search_only (a worker either searches or saves)")
     if args.weight_min >= args.weight_max:
         raise UsageError("--weight_min", f"({args.weight_min}) must be lower than --weight_max ({args.weight_max})")
-    for source in [*targets, ModelSource("--base_model", args.base_model), ModelSource("--tuned_model",
-                                                                                         args.tuned_model)]:
+    tuned_models = tuned_sources(args.tuned_model)
+    for source in [*targets, ModelSource("--base_model", args.base_model), *tuned_models]:
         if not source.name_or_path:
             raise UsageError(source.flag, "is required")
         check_model_source(source, args.allow_pickle)
+    for source in tuned_models:
+        check_tuned_matches_base(source, ModelSource("--base_model", args.base_model))
+    merge = merge_settings_from_args(args)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)
     device = resolve_device(args.device)
@@ -220,7 +298,9 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         pipeline=pipeline,
         targets=targets,
         base=ModelSource("--base_model", args.base_model),
-        tuned=ModelSource("--tuned_model", args.tuned_model),
+        tuned=tuned_models[0],
+        tuned_models=tuned_models,
+        merge=merge,
         cache_dir=args.cache_dir,
         dtype=dtype or args.dtype,  # the pipeline may resolve it (the MoE: from its config file)
         device=device,

@@ -1,14 +1,23 @@
-"""Exact, in-place application of weights: param = target + w * task_vector, one fused op per tensor.
+"""Exact, in-place application of weights: param = target + sum_i w_i * S(task_vector_i), per tensor.
 
 Every write starts from the stored original target tensor, never from the current
 value, so applying weights A then B is bit-for-bit the same as applying B to a
-fresh load. Tensors whose weight did not change are not touched.
+fresh load. Tensors whose weights (and densities) did not change are not touched.
+One vector under task arithmetic is one fused op per tensor; several vectors or a
+sparsifying method (TIES, DARE) go through task_vector_opt.merging.methods.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+from task_vector_opt.merging.grouping import ordered_groups
+from task_vector_opt.merging.methods import (DENSITY_GRID, MergeSettings, ParamNames, Scratch, TensorSources,
+                                             magnitude_thresholds, snap_density, write_combined)
 from task_vector_opt.merging.task_vector import VectorEntry
+
+TensorSetting = float | tuple  # one vector, task arithmetic: its weight; otherwise (weights, densities)
 
 
 @torch.no_grad()
@@ -27,47 +36,108 @@ def write_merged(live: torch.Tensor, origin: torch.Tensor, delta: torch.Tensor, 
 
 
 class Merger:
-    def __init__(self, model: torch.nn.Module, vector: dict[str, VectorEntry], groups: dict[str, str],
-                 store_device: str | torch.device):
+    def __init__(self, model: torch.nn.Module, vector: dict[str, VectorEntry] | Sequence[dict[str, VectorEntry]],
+                 groups: dict[str, str], store_device: str | torch.device, settings: MergeSettings | None = None):
+        """``vector``: one task vector, or a list of them (one per tuned model) over the same tensors."""
+        self.vectors: list[dict[str, VectorEntry]] = [vector] if isinstance(vector, dict) else list(vector)
+        self.vector = self.vectors[0]
+        self.settings = settings or MergeSettings()
+        for index, other in enumerate(self.vectors[1:], 2):
+            if other.keys() != self.vector.keys() or any(other[n].rows != e.rows for n, e in self.vector.items()):
+                raise ValueError(f"task vector {index} covers other tensors than task vector 1")
         params = dict(model.named_parameters())
-        self.params = {name: params[name] for name in vector}
-        self.vector = vector
+        self.params = {name: params[name] for name in self.vector}
         self.groups = groups
+        self.names = ParamNames(len(self.vectors), self.settings.sparsifies, self.settings.density_per_group)
+        # one vector, plain task arithmetic: today's single fused add
+        self.plain = len(self.vectors) == 1 and not (self.settings.sparsifies or self.settings.normalize)
         pin = torch.device(store_device).type == "cpu" and any(p.is_cuda for p in self.params.values())
         self.origin: dict[str, torch.Tensor] = {}
-        for name, entry in vector.items():
+        for name in self.vector:
             live = self._live(name)
             copy = live.detach().to(store_device, copy=True)
             self.origin[name] = copy.pin_memory() if pin else copy
-            if pin:  # page-locked host memory lets the per-trial host-to-device copies run asynchronously
-                entry.delta = entry.delta.pin_memory()
-            if entry.delta.device != copy.device:
-                raise ValueError(f"{name}: the task vector and the target copy must live on one device")
-        self.current = {name: 0.0 for name in vector}  # the live model starts as the unmodified target
+            for entries in self.vectors:
+                entry = entries[name]
+                if pin:  # page-locked host memory lets the per-trial host-to-device copies run asynchronously
+                    entry.delta = entry.delta.pin_memory()
+                if entry.delta.device != copy.device:
+                    raise ValueError(f"{name}: the task vector and the target copy must live on one device")
+        self.thresholds = self._precompute_thresholds()
+        self.scratch = Scratch()  # a few chunk-sized work buffers, reused by every write
+        self.current: dict[str, TensorSetting | None] = {name: 0.0 for name in self.vector}  # starts as the target
+
+    def _precompute_thresholds(self) -> dict[str, list[torch.Tensor]]:
+        """TIES: per tensor and vector, the magnitude threshold at every grid density of the searched range."""
+        if self.settings.method != "ties":
+            return {}
+        from tqdm.auto import tqdm
+
+        low, high = self.settings.density_min, min(self.settings.density_max, 1.0)
+        return {name: [magnitude_thresholds(entries[name].delta, low, high) for entries in self.vectors]
+                for name in tqdm(self.vector, desc="TIES thresholds", unit="tensor", leave=False)}
 
     def _live(self, name: str) -> torch.Tensor:
         rows = self.vector[name].rows
         data = self.params[name].data
         return data if rows is None else data[:rows]
 
-    def weights_per_tensor(self, weights: dict[str, float]) -> dict[str, float]:
-        missing = {self.groups[n] for n in self.vector} - weights.keys()
+    def weight_names(self) -> list[str]:
+        """The Optuna weight parameters, grouped by vector, each in model order."""
+        order = ordered_groups(self.groups)
+        return [self.names.weight(i, g) for i in range(len(self.vectors)) for g in order]
+
+    def density_names(self) -> list[str]:
+        """The Optuna density parameters (none under task arithmetic)."""
+        if not self.settings.sparsifies:
+            return []
+        order = ordered_groups(self.groups) if self.settings.density_per_group else [""]  # "": the name has no group
+        return [str(self.names.density(i, g)) for i in range(len(self.vectors)) for g in order]
+
+    def weights_per_tensor(self, weights: dict[str, float]) -> dict[str, TensorSetting]:
+        """{tensor: its setting}: a float weight for one plain vector, else (weights per vector, densities)."""
+        wanted = set(self.weight_names()) | set(self.density_names())
+        missing = wanted - weights.keys()
         if missing:
             raise KeyError(f"no weight given for group(s): {', '.join(sorted(missing))}")
-        return {name: float(weights[self.groups[name]]) for name in self.vector}
+        settings: dict[str, TensorSetting] = {}
+        for name, group in ((n, self.groups[n]) for n in self.vector):
+            if self.plain:
+                settings[name] = float(weights[group])
+                continue
+            per_vector = tuple(float(weights[self.names.weight(i, group)]) for i in range(len(self.vectors)))
+            densities = tuple(snap_density(float(weights[self.names.density(i, group)]))
+                              for i in range(len(self.vectors))) if self.settings.sparsifies else None
+            settings[name] = (per_vector, densities)
+        return settings
 
     @torch.no_grad()
     def apply(self, weights: dict[str, float]) -> int:
-        """Write target + w * vector into the live parameters; return how many tensors were rewritten."""
+        """Write the merge with these weights (and densities) into the live parameters; return how many tensors
+        were rewritten."""
         written = 0
-        for name, w in self.weights_per_tensor(weights).items():
-            if w == self.current[name]:
+        for name, setting in self.weights_per_tensor(weights).items():
+            if setting == self.current[name]:
                 continue
-            write_merged(self._live(name), self.origin[name], self.vector[name].delta, w)
-            self.current[name] = w
+            live, origin = self._live(name), self.origin[name]
+            if self.plain:
+                write_merged(live, origin, self.vector[name].delta, setting)
+            elif not any(setting[0]):
+                live.copy_(origin, non_blocking=True)  # exactly (origin + 0*delta would turn -0.0 into +0.0)
+            else:
+                per_vector, densities = setting
+                sources = TensorSources(name, origin, [v[name].delta for v in self.vectors],
+                                        self.thresholds.get(name),
+                                        round(self.settings.density_min * DENSITY_GRID))
+                write_combined(live, sources, per_vector, densities, self.settings, self.scratch)
+            self.current[name] = setting
             written += 1
         return written
 
     def stored_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.origin.values()) + sum(
-            e.delta.numel() * e.delta.element_size() for e in self.vector.values())
+        def size(t: torch.Tensor) -> int:
+            return t.numel() * t.element_size()
+
+        return (sum(size(t) for t in self.origin.values())
+                + sum(size(e.delta) for entries in self.vectors for e in entries.values())
+                + sum(size(t) for tables in self.thresholds.values() for t in tables))

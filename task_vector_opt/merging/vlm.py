@@ -185,10 +185,11 @@ class MemoryPlan:
         return self.device_bytes + self.reserve_bytes <= device_capacity_bytes
 
 
-def memory_plan(model_bytes: int, merged_bytes: int, copies_on_device: bool) -> MemoryPlan:
-    """The memory rule (README, 'VLM memory'): the copies cover only ``merged_bytes``, the language model a VLM's
-    vector touches; the vision tower and projector are live once and never copied."""
-    copies = 2 * merged_bytes
+def memory_plan(model_bytes: int, merged_bytes: int, copies_on_device: bool, n_vectors: int = 1) -> MemoryPlan:
+    """The memory rule (README, 'VLM memory'): the copies (the target's originals and each task vector) cover only
+    ``merged_bytes``, the language model a VLM's vector touches; the vision tower and projector are live once and
+    never copied."""
+    copies = (1 + n_vectors) * merged_bytes
     return MemoryPlan(device_bytes=model_bytes + (copies if copies_on_device else 0),
                       host_bytes=0 if copies_on_device else copies,
                       reserve_bytes=int(ACTIVATION_RESERVE * model_bytes))

@@ -71,7 +71,31 @@ def group_filters(layout: MergeLayout) -> list[tuple[str, str]]:
     return filters
 
 
-def reasons_not_expressible(layout: MergeLayout | None) -> list[str]:
+def tuned_models(inputs: dict[str, Any]) -> list[str]:
+    """Every tuned model of the recipe inputs (one string before several vectors existed, a list with several)."""
+    tuned = inputs.get("tuned_model")
+    return list(tuned) if isinstance(tuned, (list, tuple)) else [tuned]
+
+
+def merge_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The merge method settings of the recipe inputs; plain task arithmetic when absent."""
+    return inputs.get("merge") or {"merge_method": "task_arithmetic", "normalize": False}
+
+
+def _target(inputs: dict[str, Any]) -> str | None:
+    return inputs["targets"][0] if isinstance(inputs.get("targets"), list) else inputs.get("target_model")
+
+
+def reasons_not_expressible(layout: MergeLayout | None, inputs: dict[str, Any] | None = None) -> list[str]:
+    if inputs is not None and _target(inputs) != inputs.get("base_model"):
+        merge = merge_inputs(inputs)
+        if merge["merge_method"] in ("ties", "dare_ties"):
+            return [f"{merge['merge_method']} with a target other than the base: mergekit would take the target "
+                    "as one more model (target - base) and let its delta vote in the sign election, while this "
+                    "tool adds the vectors to the target untouched"]
+        if merge.get("normalize"):
+            return ["normalize with a target other than the base: mergekit would count the target's weight in "
+                    "the divisor, while this tool divides the vectors' sum only"]
     if layout is None:
         return ["this merge is not a single task vector over one Hugging Face model (e.g. an in-memory MoE), "
                 "which mergekit's task_arithmetic cannot describe"]
@@ -88,13 +112,15 @@ def reasons_not_expressible(layout: MergeLayout | None) -> list[str]:
 
 def mergekit_config(inputs: dict[str, Any], weights: dict[str, float], layout: MergeLayout | None) -> str:
     """The YAML text: a runnable config, or, where mergekit cannot express the merge, comments that say why."""
-    reasons = reasons_not_expressible(layout)
+    reasons = reasons_not_expressible(layout, inputs)
     if reasons:
         lines = ["# mergekit cannot reproduce this merge exactly, so no config is given:"]
         lines += [f"#  - {r}" for r in reasons]
         lines += ["# Use merge_recipe.json (the weights per group) with task_vector_opt instead."]
         return "\n".join(lines) + "\n"
     assert layout is not None
+    if len(tuned_models(inputs)) > 1 or "merge" in inputs:
+        return _methods_config(inputs, weights, layout)
     tuned_weight: list[dict[str, Any]] = [{"filter": pattern, "value": float(weights[group])}
                                           for pattern, group in group_filters(layout)]
     tuned_weight.append({"value": 0.0})  # tensors outside the task vector (e.g. --skip_embed) stay the target's
@@ -111,3 +137,58 @@ def mergekit_config(inputs: dict[str, Any], weights: dict[str, float], layout: M
         "dtype": inputs.get("dtype", "bfloat16"),
     }
     return HEADER + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
+
+
+METHODS_HEADER = """\
+# mergekit config reproducing this merge: target + sum_i w_i * S(tuned_i - base), with the optimized weights
+# and densities. Written by task_vector_opt. Run:  mergekit-yaml mergekit_config.yml ./merged-model
+# Each filter below matches the tensors of one group (first matching filter wins); the last entry (no filter)
+# covers the tensors the search left unchanged. Weights and densities are per tuned model, as searched.
+# Same formula, other order of floating-point operations: values agree to rounding, not bit for bit.
+"""
+
+
+def _per_group(layout: MergeLayout, value_of: Any, default: float) -> list[dict[str, Any]] | float:
+    """mergekit conditional parameter: one {filter, value} per group, a catch-all ``default`` last."""
+    entries: list[dict[str, Any]] = [{"filter": pattern, "value": float(value_of(group))}
+                                     for pattern, group in group_filters(layout)]
+    return entries + [{"value": default}]
+
+
+def _methods_config(inputs: dict[str, Any], params: dict[str, float], layout: MergeLayout) -> str:
+    """Several vectors and / or TIES / DARE: mergekit's method of the same name, weights and densities per model."""
+    from task_vector_opt.merging.methods import ParamNames, snap_density
+
+    merge = merge_inputs(inputs)
+    method = merge["merge_method"]
+    tuned = tuned_models(inputs)
+    names = ParamNames(len(tuned), method != "task_arithmetic", bool(merge.get("density_per_group")))
+    notes: list[str] = []
+    models: list[dict[str, Any]] = []
+    target = _target(inputs)
+    if target != inputs["base_model"]:  # only reached where mergekit's formula keeps the target's delta whole
+        models.append({"model": target, "parameters": {"weight": 1.0, "density": 1.0}})
+    for i, model in enumerate(tuned):
+        parameters: dict[str, Any] = {"weight": _per_group(layout, lambda g: params[names.weight(i, g)], 0.0)}
+        if names.sparsifies:
+            if names.per_group:
+                parameters["density"] = _per_group(layout, lambda g: snap_density(params[names.density(i, g)]),
+                                                   1.0)
+            else:
+                parameters["density"] = snap_density(params[names.density(i, "")])
+        models.append({"model": model, "parameters": parameters})
+    shared: dict[str, Any] = {"normalize": bool(merge.get("normalize")), "lambda": 1.0}
+    if method in ("dare_linear", "dare_ties"):
+        rescale = merge.get("dare_rescale", "inverse_density")
+        shared["rescale"] = rescale != "none"
+        notes.append(f"DARE masks: this tool drew them from --dare_seed {merge.get('dare_seed')}; mergekit draws its "
+                     "own, so the entries kept differ and so do the values (same formula, other masks).")
+        if rescale == "inverse_density":
+            notes.append("rescale: this tool divided the kept entries by the density (the DARE paper); mergekit's "
+                         "rescale restores each vector's L1 norm instead, which is close but not equal.")
+    if method == "ties":
+        shared["rescale"] = False  # this tool does not rescale trimmed vectors; mergekit would by default here
+    config = {"merge_method": method, "base_model": inputs["base_model"], "models": models,
+              "parameters": shared, "dtype": inputs.get("dtype", "bfloat16")}
+    text = METHODS_HEADER + "".join(f"# Note: {note}\n" for note in notes)
+    return text + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)

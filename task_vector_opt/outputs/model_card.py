@@ -16,11 +16,33 @@ TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]
 def card_data(inputs: dict[str, Any]) -> ModelCardData:
     """The card's YAML metadata, as huggingface_hub declares it; hub sources form the hub's "merge" relation."""
     targets = inputs.get("targets") or []
-    sources = [*targets, inputs.get("tuned_model"), inputs.get("base_model")]
+    sources = [*targets, *tuned_list(inputs), inputs.get("base_model")]
     # org/name only: a bare name is a valid repo id but far more often a local directory that has since moved
     hub_sources = list(dict.fromkeys(s for s in sources if isinstance(s, str) and is_hub_id(s) and "/" in s))
     merge = {"base_model": hub_sources, "base_model_relation": "merge"} if hub_sources else {}
     return ModelCardData(**merge, library_name="transformers", pipeline_tag="text-generation", tags=TAGS)
+
+
+def tuned_list(inputs: dict[str, Any]) -> list[str]:
+    """Every tuned model (a string with one, a list with several)."""
+    tuned = inputs.get("tuned_model")
+    return [str(t) for t in tuned] if isinstance(tuned, (list, tuple)) else [tuned] if tuned else []
+
+
+def merge_flags(inputs: dict[str, Any]) -> list[str]:
+    """The merge-method flags that reproduce ``inputs["merge"]`` (none for one plain vector)."""
+    merge = inputs.get("merge") or {}
+    flags = []
+    if merge.get("merge_method", "task_arithmetic") != "task_arithmetic":
+        flags.append(f"--merge_method {merge['merge_method']}")
+        flags.append(f"--density_min {merge.get('density_min')} --density_max {merge.get('density_max')}")
+    if merge.get("density_per_group"):
+        flags.append("--density_per_group")
+    if merge.get("dare_seed") is not None:
+        flags.append(f"--dare_seed {merge['dare_seed']} --dare_rescale {merge.get('dare_rescale')}")
+    if merge.get("normalize"):
+        flags.append("--merge_normalize")
+    return flags
 
 
 def metadata(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +70,8 @@ def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> 
         script = f"merge_task_vector_{pipeline}.py"
         target_flags = [f"--target_model {targets[0]}"]
     parts = [f"python {script}", *target_flags,
-             f"--base_model {inputs.get('base_model')}", f"--tuned_model {inputs.get('tuned_model')}",
+             f"--base_model {inputs.get('base_model')}", f"--tuned_model {','.join(tuned_list(inputs))}",
+             *merge_flags(inputs),
              f"--optimize_mode {inputs.get('optimize_mode')}", f"--optuna_sampler {inputs.get('optuna_sampler')}",
              f"--optuna_seed {inputs.get('optuna_seed')}", f"--weight_min {inputs.get('weight_min')}",
              f"--weight_max {inputs.get('weight_max')}", f"--dtype {inputs.get('dtype')}",
@@ -64,13 +87,19 @@ def render_model_card(view: StudyView, recipe: dict[str, Any], mergekit_ok: bool
     study = recipe.get("study", {})
     meta = card_data(inputs).to_yaml()
     sources = [["target (receives the vector)", ", ".join(inputs.get("targets") or [])],
-               ["base (subtracted)", inputs.get("base_model")], ["tuned (added)", inputs.get("tuned_model")]]
+               ["base (subtracted)", inputs.get("base_model")]]
+    tuned = tuned_list(inputs)
+    sources += [[f"tuned {i} (added, vector v{i})" if len(tuned) > 1 else "tuned (added)", model]
+                for i, model in enumerate(tuned, 1)]
+    merge = inputs.get("merge") or {"merge_method": "task_arithmetic"}
     scores = [[label, search, held] for label, search, held in score_rows(view)]
     weights = [[group, w] for group, w in recipe.get("weights", view.best_weights).items()]
     evaluator = inputs.get("evaluator")
     mergekit_text = (
         "- **With mergekit**: `mergekit-yaml mergekit_config.yml ./merged-model` (the same formula as a "
-        "`task_arithmetic` config; values agree to floating-point rounding)." if mergekit_ok else
+        f"`{merge['merge_method']}` config; values agree to floating-point rounding"
+        + ("; DARE's random masks are mergekit's own, see the config's notes)." if "dare" in merge["merge_method"]
+           else ").") if mergekit_ok else
         "- **With mergekit**: not possible for this merge; `mergekit_config.yml` says why.")
     return f"""---
 {meta}
@@ -78,8 +107,9 @@ def render_model_card(view: StudyView, recipe: dict[str, Any], mergekit_ok: bool
 
 # Task vector merge: {view.name}
 
-This model is `target + w * (tuned - base)`: a task vector ("chat vector") added to the target with
-one weight per {inputs.get('optimize_mode', '')} group, the weights found by Optuna
+This model is `{recipe.get('formula', 'target + w * (tuned - base)')}`: {len(tuned)} task vector(s) ("chat vector")
+added to the target with one weight per vector and {inputs.get('optimize_mode', '')} group{densities_text(merge)},
+the weights found by Optuna
 ({inputs.get('optuna_sampler', '')}, seed {inputs.get('optuna_seed', '')}, {len(view.values)} completed trials,
 range [{inputs.get('weight_min', '')}, {inputs.get('weight_max', '')}]). Made with task_vector_opt
 ({recipe.get('tool', '')}).
@@ -112,7 +142,10 @@ The interactive report (history, weights, parameter importances, parallel coordi
 
 ## Weights (best trial {view.best_number})
 
-{_md_table(["group", "w"], weights)}
+Names: `group` with one vector, `vN/group` for vector N with several; `density/vN[/group]` is the share of vector
+N's entries kept by {merge['merge_method']}.
+
+{_md_table(["parameter", "value"], weights)}
 
 ## How to reproduce
 
@@ -126,3 +159,11 @@ The interactive report (history, weights, parameter importances, parallel coordi
 {mergekit_text}
 - **By hand**: `merge_recipe.json` holds every weight under its group name and the inputs.
 """
+
+
+def densities_text(merge: dict[str, Any]) -> str:
+    if merge.get("merge_method", "task_arithmetic") == "task_arithmetic":
+        return ""
+    per = "vector and group" if merge.get("density_per_group") else "vector"
+    return (f", merged by {merge['merge_method']} with one density per {per} searched in "
+            f"[{merge.get('density_min')}, {merge.get('density_max')}]")

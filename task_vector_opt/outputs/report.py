@@ -257,6 +257,8 @@ def render_html(study: optuna.Study, view: StudyView | None = None) -> str:
         sections.append(f'<section class="plot"><h2>{html.escape(title)}</h2>{body}</section>')
     setup = ", ".join(f"{k}={inputs[k]}" for k in ("pipeline", "optimize_mode", "optuna_sampler", "optuna_seed",
                                                     "weight_min", "weight_max", "dtype") if k in inputs)
+    if inputs.get("merge"):  # several vectors or TIES / DARE: the method and its density range
+        setup += ", " + ", ".join(f"{k}={v}" for k, v in inputs["merge"].items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Task vector merge report: {html.escape(view.name)}</title>

@@ -27,7 +27,7 @@ def run_outputs(study: optuna.Study, holdout: dict[str, float], recipe: dict[str
     try:
         layout = layout_from_merger(model, merger)
         files[MERGEKIT_YAML] = mergekit_config(recipe["inputs"], recipe["weights"], layout)
-        mergekit_ok = not reasons_not_expressible(layout)
+        mergekit_ok = not reasons_not_expressible(layout, recipe["inputs"])
     except Exception as exc:  # an export problem must not cost the user the merged model
         log.warning("mergekit config not written (%s: %s)", type(exc).__name__, exc)
     try:

@@ -147,7 +147,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str, seed: int,
                pruner: optuna.pruners.BasePruner | None = None,
-               baseline_groups: list[str] | None = None) -> optuna.Study:
+               baseline_groups: list[str] | None = None,
+               baseline_fixed: dict[str, float] | None = None) -> optuna.Study:
     """Create the study, or load it to resume (or to join it as one more worker).
 
     Only the process that creates the study enqueues the baselines (when ``baseline_groups`` is given):
@@ -167,7 +168,7 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: s
         study.sampler = make_sampler(sampler, seed + existing + os.getpid())
         return study
     if baseline_groups:
-        enqueue_baselines(study, baseline_groups)
+        enqueue_baselines(study, baseline_groups, baseline_fixed)
     return study
 
 
@@ -175,12 +176,14 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def enqueue_baselines(study: optuna.Study, group_names: list[str]) -> None:
-    """w=1 everywhere (plain task-vector addition), then w=0 everywhere (the target), on a new study only."""
+def enqueue_baselines(study: optuna.Study, group_names: list[str], fixed: dict[str, float] | None = None) -> None:
+    """w=1 everywhere (plain task-vector addition), then w=0 everywhere (the target), on a new study only.
+    ``fixed``: other parameters both baselines share (e.g. the densities of a sparsifying merge)."""
     if study.get_trials(deepcopy=False):
         return
     for label, value in BASELINES:
-        study.enqueue_trial({name: value for name in group_names}, user_attrs={"baseline": label})
+        study.enqueue_trial({**{name: value for name in group_names}, **(fixed or {})},
+                            user_attrs={"baseline": label})
 
 
 class _FailureWatch:
@@ -270,12 +273,15 @@ def free_accelerator_memory() -> None:
 
 
 def make_objective(group_names: list[str], weight_min: float, weight_max: float,
-                   score: Callable[[dict[str, float], optuna.Trial], tuple[float, dict]]
-                   ) -> Callable[[optuna.Trial], float]:
-    """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks."""
+                   score: Callable[[dict[str, float], optuna.Trial], tuple[float, dict]],
+                   stepped: dict[str, tuple[float, float, float]] | None = None) -> Callable[[optuna.Trial], float]:
+    """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks.
+    ``stepped``: more parameters, each {name: (low, high, step)} (e.g. densities on their grid)."""
 
     def objective(trial: optuna.Trial) -> float:
         weights = {name: trial.suggest_float(name, weight_min, weight_max) for name in group_names}
+        for name, (low, high, step) in (stepped or {}).items():
+            weights[name] = trial.suggest_float(name, low, high, step=step)
         trial.set_user_attr("worker", worker_id())  # after the proposals: a retry of this trial repeats them
         started = time.perf_counter()
         out_of_memory = None
