@@ -55,6 +55,7 @@ class RunConfig:
     search_only: bool = False  # a worker that searches and saves nothing
     finalize: bool = False  # no search: holdout and save
     save_on_interrupt: bool = False
+    profile_knots: int = 0  # knots of --optimize_mode profile (0 in the other modes)
     evaluator: Any = None  # the pipeline's own evaluator settings (a dataclass)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +72,8 @@ class RunConfig:
             "dtype": self.dtype,
             "skip_embed": self.skip_embed,
             "optimize_mode": self.optimize_mode,
+            # only in profile mode, so the study names of the other modes stay what they were
+            **({"profile_knots": self.profile_knots} if self.optimize_mode == "profile" else {}),
             "optuna_sampler": self.sampler,
             "optuna_seed": self.seed,
             "weight_min": self.weight_min,

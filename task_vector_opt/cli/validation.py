@@ -9,13 +9,14 @@ UsageError naming the flag, the value and the fix (exit code 2).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from task_vector_opt.cli.flags import SAMPLERS
+from task_vector_opt.search.samplers import SAMPLERS
 from task_vector_opt.cli.config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
-from task_vector_opt.errors import UsageError
+from task_vector_opt.errors import UsageError, first_line
 from task_vector_opt.merging.grouping import OPTIMIZE_MODES
 
 
@@ -146,13 +147,49 @@ def check_storage(url: str, finalize_study: str | None = None) -> None:
             engine.dispose()
 
 
+def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> int | None:
+    """The number of decoder layers from the model's config.json (a VLM's text config); None if not stated."""
+    path = Path(source.spec).expanduser()
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+    else:  # a hub id: config.json only, no weights
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(source.spec, cache_dir=cache_dir,
+                                                trust_remote_code=trust_remote_code).to_dict()
+        except Exception as exc:  # noqa: BLE001 - unreachable hub or a private repo: one line naming the flag
+            raise UsageError(source.flag, f"cannot read config.json of {source.spec!r} to count its layers for "
+                                          f"--optimize_mode profile ({first_line(exc)})") from None
+    for scope in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+            if isinstance(scope.get(key), int):
+                return scope[key]
+    return None
+
+
+def check_profile_knots(knots: int, targets: list[ModelSource], pipeline: str, cache_dir: str | None,
+                        trust_remote_code: bool) -> None:
+    """--profile_knots must be between 1 and the target's number of decoder layers (from config.json)."""
+    if pipeline.startswith("mt_bench_moe"):
+        raise UsageError("--optimize_mode", "profile is not available for the MoE scripts yet; use layer, all or "
+                                            "parameter")
+    if knots < 1:
+        raise UsageError("--profile_knots", f"must be at least 1 (got {knots}); 1 gives one weight for every layer")
+    layers = decoder_layer_count(targets[0], cache_dir, trust_remote_code)
+    if layers is not None and knots > layers:
+        raise UsageError("--profile_knots", f"{knots} knots for {targets[0].spec!r}, which has {layers} decoder "
+                                            f"layers; give at most {layers}")
+
+
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
                  extra: dict[str, Any] | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
     if args.optimize_mode not in OPTIMIZE_MODES:
-        raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose all, layer or parameter")
+        raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose {', '.join(OPTIMIZE_MODES)}")
     if args.optuna_sampler not in SAMPLERS:
-        raise UsageError("--optuna_sampler", f"unknown sampler {args.optuna_sampler!r}; choose TPE or CMA-ES")
+        raise UsageError("--optuna_sampler", f"unknown sampler {args.optuna_sampler!r}; choose one of "
+                                             f"{', '.join(SAMPLERS)}")
     if args.n_trials < 1:
         raise UsageError("--n_trials", f"must be at least 1 (got {args.n_trials})")
     if args.holdout_top_k < 1:
@@ -168,6 +205,8 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         if not source.spec:
             raise UsageError(source.flag, "is required")
         check_model_source(source, args.allow_pickle)
+    if args.optimize_mode == "profile":
+        check_profile_knots(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)
     if not args.search_only:  # a search-only worker writes no model
@@ -187,6 +226,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         optimize_mode=args.optimize_mode,
+        profile_knots=args.profile_knots if args.optimize_mode == "profile" else 0,
         sampler=args.optuna_sampler,
         seed=args.optuna_seed,
         n_trials=args.n_trials,

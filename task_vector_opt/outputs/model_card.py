@@ -64,6 +64,8 @@ def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> 
              f"--optuna_seed {inputs.get('optuna_seed')}", f"--weight_min {inputs.get('weight_min')}",
              f"--weight_max {inputs.get('weight_max')}", f"--dtype {inputs.get('dtype')}",
              f"--study_name {study_name}", f"--storage {storage}"]
+    if inputs.get("profile_knots"):
+        parts.append(f"--profile_knots {inputs['profile_knots']}")
     if inputs.get("skip_embed"):
         parts.append("--skip_embed")
     parts.append("--finalize")
