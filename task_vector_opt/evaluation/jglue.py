@@ -86,7 +86,7 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     holdout = per_task_ints("--jglue_holdout_limit", getattr(args, "jglue_holdout_limit", None), names, minimum=0)
     batch_size = parse_batch_size(getattr(args, "batch_size", 16))
     pruner = pruner_from_args(args)
-    chunks = getattr(args, "jglue_chunks", 1) or 1
+    chunks = getattr(args, "jglue_chunks", 1)
     if chunks < 1:
         raise UsageError("--jglue_chunks", f"must be at least 1 (got {chunks})")
     data_dir = check_data_dir(getattr(args, "jglue_data_dir", None))
