@@ -150,6 +150,24 @@ def test_profile_mode_searches_knots_and_saves_the_interpolated_layer_weights(tr
         assert torch.equal(saved[name], param.detach()), name
 
 
+def test_the_dry_run_plan_counts_the_knots_and_the_non_layer_weights(trio, tmp_path, capsys, no_loads):
+    from task_vector_opt.cli.flags import run_cli
+
+    run_cli(jglue_main, argv(trio, tmp_path, 3, "--optimize_mode", "profile", "--profile_knots", "2", "--dry_run"))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["optimize_mode"] == "profile" and plan["weights"] == 2 + 3  # knots + embed_tokens, norm, lm_head
+
+
+def test_a_profile_study_resumes_with_the_same_knots_and_no_repeated_proposal(trio, tmp_path):
+    jglue_main(argv(trio, tmp_path, 3, "--optimize_mode", "profile", "--profile_knots", "2"))
+    jglue_main(argv(trio, tmp_path, 5, "--optimize_mode", "profile", "--profile_knots", "2", "--study_name",
+                    load_study(tmp_path).study_name, "--output_dir", str(tmp_path / "out2")))
+    trials = load_study(tmp_path).get_trials(states=FINISHED)
+    assert len(trials) == 5 and all(set(t.params) == {"knot_0", "knot_1", "embed_tokens", "norm", "lm_head"}
+                                    for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
+
+
 # ------------------------------------------------------------------------------------------------ pruning
 
 def test_pruned_trials_are_recorded_as_pruned_with_the_items_they_cost(trio, tmp_path, monkeypatch, capsys):
