@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", default="32")
     parser.add_argument("--cache", default=os.environ.get("TVO_CACHE") or str(ROOT / ".cache" / "demo"))
     parser.add_argument("--out", help="also append the JSON lines to this file")
+    for role in ("target", "base", "tuned"):  # another trio instead of the testbed's (e.g. tiny models to smoke-test)
+        parser.add_argument(f"--{role}_model", help=f"{role} model directory instead of the testbed's")
     parser.add_argument("--interference_only", action="store_true", help="print the testbed's interference and stop")
     return parser.parse_args(argv)
 
@@ -101,7 +103,11 @@ class Testbed:
         from task_vector_opt.demo.finetune import prepare_demo_models
 
         self.args = args
-        self.models = prepare_demo_models(Path(args.cache))
+        given = {role: getattr(args, f"{role}_model") for role in ("target", "base", "tuned")}
+        if any(given.values()) and not all(given.values()):
+            raise SystemExit("--target_model, --base_model and --tuned_model go together")
+        self.models = {k: Path(v) for k, v in given.items()} if all(given.values()) else prepare_demo_models(
+            Path(args.cache))
         self.run_dir = Path(tempfile.mkdtemp(prefix="bench_search_"))
         namespace = parse_namespace(JGLUE.cli, jglue_flags(self.models, args, self.run_dir))
         self.config = validate(JGLUE, namespace)

@@ -330,7 +330,10 @@ class JGLUEEvaluator:
             lm = self.lm_for(model, tokenizer)
             for step in range(n_chunks):
                 for run, docs in runs:
-                    part = docs[step::n_chunks]  # interleaved: every chunk spans the whole document range
+                    # interleaved: every chunk spans the whole document range. Each call re-seeds the few-shot
+                    # sampler, so a chunked score is the same in every trial (comparable), though its few-shot
+                    # draws may differ from a single call's over all documents.
+                    part = docs[step::n_chunks]
                     if not part:
                         continue
                     started = time.perf_counter()
