@@ -148,3 +148,13 @@ def test_rerunning_with_save_moe_resumes_the_same_study_and_another_gate_mode_do
 def test_mistyped_target_path_is_reported_before_any_config_is_fetched(models, tmp_path, capsys):
     fails_with(args(models, tmp_path, models["target"], tmp_path / "no" / "such-model"), capsys, "--target_model_2",
                "such-model")
+
+
+def test_profile_mode_is_refused_for_the_moe_scripts(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--optimize_mode", "profile"]
+    fails_with(argv, capsys, "--optimize_mode", "profile is not available for the MoE")
+
+
+def test_pruner_without_prune_is_refused_for_mt_bench_too(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--pruner", "hyperband"]
+    fails_with(argv, capsys, "--pruner", "without --prune")

@@ -168,6 +168,21 @@ def test_a_profile_study_resumes_with_the_same_knots_and_no_repeated_proposal(tr
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
 
 
+def test_two_workers_share_a_cma_es_profile_study_and_finalize_saves_its_best(trio, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    shared = ["--optimize_mode", "profile", "--profile_knots", "2", "--optuna_sampler", "CMA-ES", "--storage", storage,
+              "--study_name", "shared"]
+    jglue_main(argv(trio, tmp_path, 3, *shared, "--search_only"))
+    jglue_main(argv(trio, tmp_path, 5, *shared, "--search_only"))  # joins the study: the seed is shifted
+    jglue_main(argv(trio, tmp_path, 5, *shared, "--finalize"))
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials(states=FINISHED)
+    assert len(trials) == 5 and len({tuple(sorted(t.params.items())) for t in trials}) == 5
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert recipe["best"]["trial"] == study.best_trial.number and recipe["weights"] == study.best_trial.user_attrs[
+        "weights"]
+
+
 # ------------------------------------------------------------------------------------------------ pruning
 
 def test_pruned_trials_are_recorded_as_pruned_with_the_items_they_cost(trio, tmp_path, monkeypatch, capsys):
