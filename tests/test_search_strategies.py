@@ -201,6 +201,10 @@ def test_pruned_trials_are_recorded_as_pruned_with_the_items_they_cost(trio, tmp
     assert recipe["items_scored"] == 8 + 8 + 2 + 2
     assert "20 search items scored" in (tmp_path / "out" / "report.html").read_text()
     assert "items scored     : 20" in capsys.readouterr().out
+    # the verdict pairs the 8 held-out documents and is said in the recipe, the report and the model card
+    assert recipe["holdout_verdict"]["vs w=1"]["n_items"] == 8 and len(recipe["holdout_verdict"]["sentences"]) == 2
+    assert recipe["holdout_verdict"]["sentences"][0] in (tmp_path / "out" / "report.html").read_text()
+    assert "Verdict: " + recipe["holdout_verdict"]["sentences"][0] in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_with_prune_the_search_reports_after_each_chunk_of_interleaved_documents(trio, tmp_path, monkeypatch):
