@@ -18,7 +18,7 @@ import torch
 from task_vector_opt import __version__
 from task_vector_opt.cli.config import RunConfig
 from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
-from task_vector_opt.evaluation.protocol import Evaluator
+from task_vector_opt.evaluation.protocol import Evaluator, Score
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import Merger
 from task_vector_opt.merging.methods import DENSITY_STEP
@@ -27,7 +27,11 @@ from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
 from task_vector_opt.merging.task_vector import build_task_vector
+from task_vector_opt.errors import UsageError
 from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
+from task_vector_opt.search.samplers import make_sampler
+from task_vector_opt.search.space import SearchSpace, search_space
+from task_vector_opt.search.verdict import holdout_verdict
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,11 @@ class RunResult:
     study_name: str
     best_value: float
     best_trial: int
-    best_weights: dict[str, float]
+    best_weights: dict[str, float]  # per merger group (profile mode: the interpolated layer weights)
+    best_params: dict[str, float] = field(default_factory=dict)  # what the sampler proposed (profile: knots)
     holdout: dict[str, float | None] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)  # paired held-out differences vs w=1 and w=0
+    items_scored: int = 0  # search items scored over all finished trials (pruned ones count what they scored)
     search_baselines: dict[str, float] = field(default_factory=dict)
     output_dir: Path | None = None
     n_trials: int = 0  # finished (complete + pruned)
@@ -141,26 +148,43 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     ws = prepare_workspace(config)
 
-    study = open_study(storage, config.study_name, config.sampler, config.seed, evaluator.pruner,
-                       ws.group_order if config.baseline_trials and not config.finalize else None,
+    space = space_of(config, ws)
+
+    def sampler(seed: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(config.sampler, seed, space.params, config.weight_min, config.weight_max)
+
+    study = open_study(storage, config.study_name, sampler, config.seed, evaluator.pruner,
+                       space.params if config.baseline_trials and not config.finalize else None,
                        ws.baseline_fixed())
     if not config.finalize:
-        search(config, study, ws, evaluator, callbacks)
+        search(config, study, ws, evaluator, callbacks, space)
     if config.search_only:
         log.info("--search_only: this worker is done; save the model with the same command and --finalize")
-        return result_of(config, study)
-    result = result_of(config, study)
-    candidates = holdout_candidates(study, ws.group_order, config.holdout_top_k, ws.baseline_fixed())
-    result.holdout = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
+        return result_of(config, study, space)
+    result = result_of(config, study, space)
+    candidates = holdout_candidates(study, space, config.holdout_top_k, ws.baseline_fixed())
+    outcomes = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
+    result.holdout = {label: outcome.value for label, outcome in outcomes.items()}
     best_label = label_of(candidates, result.best_weights)
     if best_label in result.holdout:
         result.holdout["best"] = result.holdout[best_label]
+        result.verdict = holdout_verdict({label: o.item_values for label, o in outcomes.items()}, best_label)
+        study.set_user_attr("verdict", result.verdict)  # the report and a later `report` command show it
     save_best(config, ws, study, result)
     return result
 
 
+def space_of(config: RunConfig, ws: Workspace) -> SearchSpace:
+    """What the sampler proposes for this run's groups (profile mode: knots)."""
+    try:
+        return search_space(ws.group_order, config.optimize_mode, config.profile_knots)
+    except ValueError as exc:  # validation checks config.json; this catches a model whose config did not say
+        raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
+
+
 def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator,
-           callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> None:
+           callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+           space: SearchSpace | None = None) -> None:
     """Trials until the study has ``n_trials`` finished ones; Ctrl-C optionally saves the best so far."""
     study.set_user_attr(INPUTS_ATTR, config.recipe_inputs())
     # What defines the study: a later run of the same models that differs in it is told what differs
@@ -171,20 +195,23 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
     if already:
         log.info("resuming: %d of %d trials already finished", already, config.n_trials)
 
+    space = space or space_of(config, ws)
+
     def score(weights: dict[str, float], trial: optuna.Trial) -> tuple[float, dict]:
         ws.merger.apply(weights)
         with finite_logits_guard(ws.model):  # NaN/inf logits fail the trial (make_objective records why)
             result = evaluator.score(ws.model, ws.tokenizer, trial)
-        return result.value, result.details
+        items = {"items_scored": result.items_scored} if result.items_scored else {}
+        return result.value, {**result.details, **items}
 
     try:
         run_search(study, config.n_trials,
-                   make_objective(ws.group_order, config.weight_min, config.weight_max, score, ws.densities),
-                   callbacks)
+                   make_objective(space.params, config.weight_min, config.weight_max, score,
+                                  space.weights if space.is_profile else None, ws.densities), callbacks)
     except KeyboardInterrupt:
         if config.save_on_interrupt and completed(study):
             log.warning("interrupted: saving the best trial so far (--save_on_interrupt); Ctrl-C again to abandon")
-            save_best(config, ws, study, result_of(config, study))
+            save_best(config, ws, study, result_of(config, study, space))
         raise
 
 
@@ -192,10 +219,16 @@ def completed(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
-def result_of(config: RunConfig, study: optuna.Study) -> RunResult:
+def items_scored(study: optuna.Study) -> int:
+    """Search items scored by all finished trials: a pruned trial counts only the items it scored."""
+    return sum(int(t.user_attrs.get("items_scored", 0)) for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def result_of(config: RunConfig, study: optuna.Study, space: SearchSpace | None = None) -> RunResult:
     best = study.best_trial
-    return RunResult(config.study_name, best.value, best.number, dict(best.params),
-                     search_baselines=baseline_values(study))
+    weights = space.weights(best.params) if space is not None else dict(best.params)
+    return RunResult(config.study_name, best.value, best.number, weights, best_params=dict(best.params),
+                     search_baselines=baseline_values(study), items_scored=items_scored(study))
 
 
 def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: RunResult) -> None:
@@ -214,21 +247,25 @@ def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: Run
     result.files = sorted(["merge_recipe.json", *side_files])
 
 
-def holdout_candidates(study: optuna.Study, group_order: list[str], top_k: int,
+def holdout_candidates(study: optuna.Study, space: SearchSpace | list[str], top_k: int,
                        fixed: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """The target (w=0), plain addition (w=1) and the top-k trials by search score, best first.
+    """The target (w=0), plain addition (w=1) and the top-k trials by search score, best first, as the merger's
+    weights per group.
 
     A trial whose weights equal an earlier candidate's is scored once, under the earlier label. ``fixed``: the
     baselines' other parameters (densities).
     """
+    if not isinstance(space, SearchSpace):  # a plain list of groups: the weights are the params
+        space = SearchSpace(list(space), list(space))
     fixed = fixed or {}
-    candidates = {"w=0": {**dict.fromkeys(group_order, 0.0), **fixed},
-                  "w=1": {**dict.fromkeys(group_order, 1.0), **fixed}}
+    candidates = {"w=0": {**dict.fromkeys(space.groups, 0.0), **fixed},
+                  "w=1": {**dict.fromkeys(space.groups, 1.0), **fixed}}
     ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                     key=lambda t: t.value, reverse=True)
     for trial in ranked[:top_k]:
-        if dict(trial.params) not in candidates.values():
-            candidates[f"trial {trial.number}"] = dict(trial.params)
+        weights = space.weights(trial.params)
+        if weights not in candidates.values():
+            candidates[f"trial {trial.number}"] = weights
     return candidates
 
 
@@ -237,12 +274,12 @@ def label_of(candidates: dict[str, dict[str, float]], weights: dict[str, float])
 
 
 def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer,
-                  candidates: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Held-out scores of each candidate: items never used by the search, so overfitting shows.
+                  candidates: dict[str, dict[str, float]]) -> dict[str, Score]:
+    """Held-out scores of each candidate (never pruned): items never used by the search, so overfitting shows.
 
     A candidate whose model gives non-finite logits or a non-finite score gets no held-out score (a warning
     says why); the others are still scored."""
-    scores: dict[str, float] = {}
+    scores: dict[str, Score] = {}
     for label, weights in candidates.items():
         merger.apply(weights)
         try:
@@ -256,7 +293,7 @@ def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer,
         if not math.isfinite(outcome.value):
             log.warning("holdout %s: the score is %s; it gets no held-out score", label, outcome.value)
             continue
-        scores[label] = outcome.value
+        scores[label] = outcome
         log.info("holdout %s: %.4f", label, outcome.value)
     return scores
 
@@ -271,7 +308,11 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
         "best": {"trial": result.best_trial, "score": result.best_value},
         "baselines_search_score": result.search_baselines,
         "holdout_score": result.holdout,
+        "holdout_verdict": result.verdict,
+        "items_scored": result.items_scored,
         "tensors": n_tensors,
+        **({"profile_knots": {k: v for k, v in result.best_params.items() if k.startswith("knot_")}}
+           if config.optimize_mode == "profile" else {}),
         "weights": result.best_weights,
     }
 
@@ -306,6 +347,11 @@ def print_summary(result: RunResult) -> None:
              summary_table(result)]
     if result.holdout:
         lines.append("held-out scores  : " + ", ".join(f"{k} {v:.4f}" for k, v in result.holdout.items()))
+    for sentence in result.verdict.get("sentences", []):
+        lines.append(f"verdict          : {sentence}")
+    if result.items_scored:
+        lines.append(f"items scored     : {result.items_scored} in the search (pruned trials count the items "
+                     "they scored)")
     weights = ", ".join(f"{k}={v:.3f}" for k, v in result.best_weights.items())
     lines.append(f"best weights     : {weights if len(weights) < 600 else weights[:600] + ' ...'}")
     if result.output_dir is None:
@@ -331,11 +377,15 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
         skeleton = auto_class_for(model_config).from_config(model_config, trust_remote_code=config.trust_remote_code)
     to_checkpoint = name_map_for(skeleton)  # a VLM: its language model's tensors only
     names = [n for n, _ in skeleton.named_parameters() if to_checkpoint(n) is not None]
-    n_groups = len(ordered_groups(group_names(names, config.optimize_mode)))
+    groups = ordered_groups(group_names(names, config.optimize_mode))
+    try:
+        n_groups = len(search_space(groups, config.optimize_mode, config.profile_knots).params)
+    except ValueError as exc:
+        raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
     n_vectors = len(config.tuned_models) or 1
     n_weights = n_groups * n_vectors
     merge = config.merge
-    n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (n_groups if merge.density_per_group
+    n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (len(groups) if merge.density_per_group
                                                                                else 1)
     itemsize = DTYPES[config.dtype].itemsize
     parameters = dict(skeleton.named_parameters())

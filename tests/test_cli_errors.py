@@ -57,7 +57,7 @@ def test_unknown_optimize_mode(trio, tmp_path, capsys):
 
 def test_unknown_sampler(trio, tmp_path, capsys):
     fails_with(base_args(trio, tmp_path) + ["--optuna_sampler", "random-forest"], capsys, "--optuna_sampler",
-               "TPE or CMA-ES")
+               "TPE, CMA-ES, random, GP")
 
 
 def test_sampler_names_are_case_insensitive(trio, tmp_path, capsys):

@@ -5,6 +5,7 @@ The key acceptance test runs the real lm-eval CLI on the same local JGLUE files 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -217,8 +218,10 @@ def user_tasks(tmp_path_factory) -> Path:
 
 def flags(**values) -> argparse.Namespace:
     """The JGLUE flags as argparse leaves them (strings), with the CLI's defaults."""
-    defaults = dict(jglue_tasks=JGLUE_TASKS, jglue_limit=None, jglue_num_fewshot=None, jglue_holdout_limit="0",
-                    jglue_data_dir=None, task_search_path=None, batch_size="16")
+    from task_vector_opt.cli.flags import JGLUE_FLAGS
+
+    defaults = {flag.dest or flag.name.lstrip("-"): flag.default for flag in JGLUE_FLAGS}
+    defaults["jglue_tasks"] = JGLUE_TASKS
     defaults.update(values)
     return argparse.Namespace(**defaults)
 
@@ -426,30 +429,63 @@ def test_primary_metric_prefers_acc_then_exact_match_then_the_first_listed(user_
 
 # ------------------------------------------------------------------------------------------------ pruning
 
-def test_a_trial_the_pruner_rejects_is_pruned_after_the_first_task(jglue_evaluator, live):
+@pytest.fixture(scope="module")
+def pruning_evaluator(jglue_settings, tmp_path_factory) -> JGLUEEvaluator:
+    """The same tasks with --prune --jglue_chunks 2: chunk 0 is documents [0, 2] of each task, chunk 1 [1, 3]."""
+    settings = dataclasses.replace(jglue_settings, pruner="median", chunks=2)
+    return JGLUEEvaluator(settings, tmp_path_factory.mktemp("pruning") / "lm_eval_tasks")
+
+
+def test_a_trial_the_pruner_rejects_is_pruned_after_the_first_chunk_with_the_items_it_cost(pruning_evaluator, live):
     import optuna
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
 
     def objective(trial):
-        return jglue_evaluator.score(*live, trial=trial).value
+        return pruning_evaluator.score(*live, trial=trial).value
 
     study.optimize(objective, n_trials=1)
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED
-    assert list(trial.intermediate_values) == [0]  # reported after the first task, the others never ran
+    assert list(trial.intermediate_values) == [0]  # reported after the first chunk, the second never ran
+    assert trial.user_attrs["items_scored"] == 2 * 3  # two documents of each of the three tasks
 
 
-def test_each_task_reports_the_running_weighted_mean(jglue_evaluator, live):
+def test_the_running_score_after_a_chunk_is_the_weighted_mean_of_every_task_on_that_chunk(
+        pruning_evaluator, jglue_settings, live, tmp_path):
     import optuna
 
     study = optuna.create_study(direction="maximize")  # the default MedianPruner never prunes the first trial
     trial = study.ask()
-    score = jglue_evaluator.score(*live, trial=trial)
-    values = list(score.details.values())
-    expected = [sum(values[:i + 1]) / (i + 1) for i in range(3)]
-    reported = study.trials[0].intermediate_values
-    assert [reported[step] for step in range(3)] == pytest.approx(expected, abs=1e-12)
+    full = pruning_evaluator.score(*live, trial=trial)
+    assert full.items_scored == LIMIT * 3
+    assert list(study.trials[0].intermediate_values) == [0]  # none after the last chunk: the trial is done
+
+    # The first chunk scored on its own by the plain path: lm-eval's own aggregate of documents 0 and 2.
+    first_chunk = JGLUEEvaluator(jglue_settings, tmp_path / "first_chunk")
+    for run in first_chunk.runs:
+        run.search_docs = [0, 2]
+    expected = first_chunk.score(*live)
+    assert study.trials[0].intermediate_values[0] == pytest.approx(expected.value, abs=1e-12)
+
+
+def test_a_baseline_trial_is_never_pruned(pruning_evaluator, live):
+    import optuna
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    study.enqueue_trial({}, user_attrs={"baseline": "w=1 (plain task vector)"})
+    study.optimize(lambda trial: pruning_evaluator.score(*live, trial=trial).value, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_item_values_average_to_the_score_so_the_verdict_pairs_documents(jglue_evaluator, live, user_tasks, tmp_path):
+    held = jglue_evaluator.holdout(*live)
+    assert len(held.item_values) == 2 * 3
+    assert sum(held.item_values.values()) / len(held.item_values) == pytest.approx(held.value, abs=1e-12)
+    weighted = JGLUEEvaluator(jglue_settings_from_args(flags(jglue_tasks="my_task:0.6,other:0.4", jglue_limit="5",
+                                                             task_search_path=str(user_tasks))), tmp_path / "w")
+    score = weighted.score(*live)
+    assert sum(score.item_values.values()) / len(score.item_values) == pytest.approx(score.value, abs=1e-12)
 
 
 # -------------------------------------------------------------------------------------------- bad inputs

@@ -196,3 +196,13 @@ def test_the_config_files_dtype_goes_into_the_run_config_and_the_parsed_flags_st
     assert validate(MT_BENCH_MOE_2, given).dtype == "float32"  # --dtype wins over the file
     plain = parse_namespace(MT_BENCH_MOE_2.command_line, args(models, tmp_path, models["target"], models["target2"]))
     assert validate(MT_BENCH_MOE_2, plain).dtype == "bfloat16"  # neither: the --dtype flag's own default
+
+
+def test_profile_mode_is_refused_for_the_moe_scripts(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--optimize_mode", "profile"]
+    fails_with(argv, capsys, "--optimize_mode", "profile is not available for the MoE")
+
+
+def test_pruner_without_prune_is_refused_for_mt_bench_too(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--pruner", "hyperband"]
+    fails_with(argv, capsys, "--pruner", "without --prune")

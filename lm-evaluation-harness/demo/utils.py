@@ -1,4 +1,4 @@
-"""Offline data loader for the demo_skill lm-eval task (see demo_skill.yaml)."""
+"""Offline data loaders for the demo_skill and demo_target lm-eval tasks (see their YAML files)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,12 @@ from pathlib import Path
 import datasets
 
 DATA_FILE = Path(__file__).resolve().parent / "demo_skill_test.jsonl"
+TARGET_DATA_FILE = Path(__file__).resolve().parent / "demo_target_test.jsonl"
+
+
+def _read(path: Path) -> dict[str, datasets.Dataset]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {"test": datasets.Dataset.from_list(rows)}
 
 
 def load_dataset(**kwargs) -> dict[str, datasets.Dataset]:
@@ -15,5 +21,9 @@ def load_dataset(**kwargs) -> dict[str, datasets.Dataset]:
     lm-eval calls this as ``custom_dataset(**metadata, **dataset_kwargs)``; the
     keyword arguments (e.g. ``version``) are not needed and are ignored.
     """
-    rows = [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {"test": datasets.Dataset.from_list(rows)}
+    return _read(DATA_FILE)
+
+
+def load_target_dataset(**kwargs) -> dict[str, datasets.Dataset]:
+    """The demo_target rows (prompt, four choices, label), in file order; keyword arguments are ignored."""
+    return _read(TARGET_DATA_FILE)

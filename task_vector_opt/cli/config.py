@@ -95,6 +95,8 @@ class RunConfig:
     search_only: bool = outside_identity(default=False)  # a worker that searches and saves nothing
     finalize: bool = outside_identity(default=False)  # no search: holdout and save
     save_on_interrupt: bool = outside_identity(default=False)
+    # knots of --optimize_mode profile (0 in the other modes, where it changes nothing)
+    profile_knots: int = identity_when(lambda config: config.optimize_mode == "profile", default=0)
     evaluator: EvaluatorSettings | None = None  # the pipeline's own evaluator settings
     # every --tuned_model (``tuned`` is the first); with one, the study knows it as tuned_model alone
     tuned_models: list[ModelSource] = identity_when(lambda config: len(config.tuned_models) > 1,
@@ -126,6 +128,8 @@ class RunConfig:
             "dtype": self.dtype,
             "skip_embed": self.skip_embed,
             "optimize_mode": self.optimize_mode,
+            # only in profile mode, so the study names of the other modes stay what they were
+            **({"profile_knots": self.profile_knots} if self.optimize_mode == "profile" else {}),
             "optuna_sampler": self.sampler,
             "optuna_seed": self.seed,
             "weight_min": self.weight_min,

@@ -57,8 +57,8 @@ class Flag:
         parser.add_argument(self.name, *self.aliases, **kwargs)
 
 
-SAMPLERS = ("TPE", "CMA-ES")
-SAMPLER_ALIASES = {"tpe": "TPE", "cma-es": "CMA-ES", "cmaes": "CMA-ES", "cma_es": "CMA-ES"}
+from task_vector_opt.search.pruning import PRUNERS
+from task_vector_opt.search.samplers import normalize_sampler_name
 
 DTYPE_FLAG = Flag("--dtype", "Precision of the live model and the task vector.", "bfloat16",
                   choices=("bfloat16", "float16", "float32"))
@@ -105,10 +105,13 @@ MERGE_FLAGS = [
 
 SEARCH_FLAGS = [
     Flag("--optimize_mode", "Granularity of the weights: 'all' (one per tensor), 'layer' (one per decoder layer + "
-         "embeddings, final norm, lm_head) or 'parameter' (one per kind of tensor).", "layer",
-         choices=("all", "layer", "parameter")),
-    Flag("--optuna_sampler", "Optuna sampler: TPE or CMA-ES.", "TPE",
-         type=lambda v: SAMPLER_ALIASES.get(v.lower(), v)),
+         "embeddings, final norm, lm_head), 'parameter' (one per kind of tensor) or 'profile' (layer weights "
+         "interpolated along depth from --profile_knots knot weights; embeddings, final norm, lm_head keep their "
+         "own).", "layer", choices=("all", "layer", "parameter", "profile")),
+    Flag("--profile_knots", "Knot weights of --optimize_mode profile, spread evenly from the first decoder layer "
+         "to the last (1 = one weight for every layer; at most the number of layers).", 4, type=int),
+    Flag("--optuna_sampler", "Optuna sampler: TPE, CMA-ES (starts at w=1), random, GP (Gaussian process; needs "
+         "scipy) or TPE-multivariate.", "TPE", type=normalize_sampler_name),
     Flag("--optuna_seed", "Seed for the sampler (same seed, same proposals).", 42, type=int),
     Flag("--n_trials", "Number of completed trials the study should reach (baselines included).", 30, type=int),
     Flag("--weight_min", "Lowest weight searched (negative allowed).", 0.0, type=float),
@@ -147,6 +150,15 @@ SHARING_FLAGS = [
          "wandb`; project from WANDB_PROJECT, WANDB_MODE=offline logs locally).", action="store_true", default=False),
 ]
 
+# Multi-fidelity, shared by every evaluator that reports running scores (task_vector_opt.search.pruning).
+PRUNING_FLAGS = [
+    Flag("--prune", "Let an Optuna pruner stop a trial whose running score is hopeless; a pruned trial costs only "
+         "the items it scored. Baselines and the held-out scoring are never pruned.", action="store_true",
+         default=False),
+    Flag("--pruner", "Pruner of --prune: median, successive_halving or hyperband (default: median).",
+         choices=PRUNERS),
+]
+
 JGLUE_FLAGS = [
     Flag("--jglue_tasks", "Comma-separated lm-eval tasks, optionally weighted as name:weight. Accepts ja_leaderboard_* "
          "names, the original Stability-style names (jcommonsenseqa-1.1-0.3, ...) and tasks from --task_search_path.",
@@ -160,14 +172,16 @@ JGLUE_FLAGS = [
          "JGLUE tasks without hub access."),
     Flag("--task_search_path", "Directory of your own lm-eval task YAMLs; their names can go into --jglue_tasks."),
     Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
+    *PRUNING_FLAGS,
+    Flag("--jglue_chunks", "With --prune: chunks the search documents are scored in; each chunk takes every N-th "
+         "document of every task, so the running score after an early chunk is representative.", 4, type=int),
 ]
 
 
 MT_BENCH_FLAGS = [
     Flag("--chunk_size", "Questions answered and judged per chunk; the running mean is reported to Optuna after each "
          "chunk (for --prune).", 4, type=int),
-    Flag("--prune", "Let Optuna's median pruner stop a trial whose running mean is hopeless.", action="store_true",
-         default=False),
+    *PRUNING_FLAGS,
     Flag("--on_judge_failure", "When too few judgments succeed: fail the trial and go on ('fail_trial') or stop the "
          "study ('stop'); completed trials are kept either way.", "fail_trial", choices=("fail_trial", "stop")),
     Flag("--min_judged_fraction", "Share of a trial's judgments that must succeed; below it the trial fails (it is "

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from task_vector_opt.cli.flags import SAMPLERS
+from task_vector_opt.search.samplers import SAMPLERS
 from task_vector_opt.cli.config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
 from task_vector_opt.errors import UsageError
 from task_vector_opt.merging.grouping import OPTIMIZE_MODES
@@ -263,15 +263,41 @@ def merge_settings_from_args(args: argparse.Namespace):
     return MergeSettings(method=method, density_min=args.density_min, density_max=args.density_max,
                          density_per_group=args.density_per_group, dare_seed=args.dare_seed,
                          normalize=args.merge_normalize, dare_rescale=args.dare_rescale)
+def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> int | None:
+    """The number of decoder layers from the model's config.json (a VLM's text config); None if not stated."""
+    from task_vector_opt.merging.models import resolve_config
+
+    # a hub id: config.json alone, with the hub's one-line errors naming the flag
+    config = json.loads((resolve_config(source, cache_dir) / "config.json").read_text())
+    for scope in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+            if isinstance(scope.get(key), int):
+                return scope[key]
+    return None
+
+
+def check_profile_knots(knots: int, targets: list[ModelSource], pipeline: str, cache_dir: str | None,
+                        trust_remote_code: bool) -> None:
+    """--profile_knots must be between 1 and the target's number of decoder layers (from config.json)."""
+    if pipeline.startswith("mt_bench_moe"):
+        raise UsageError("--optimize_mode", "profile is not available for the MoE scripts yet; use layer, all or "
+                                            "parameter")
+    if knots < 1:
+        raise UsageError("--profile_knots", f"must be at least 1 (got {knots}); 1 gives one weight for every layer")
+    layers = decoder_layer_count(targets[0], cache_dir, trust_remote_code)
+    if layers is not None and knots > layers:
+        raise UsageError("--profile_knots", f"{knots} knots for {targets[0].name_or_path!r}, which has {layers} decoder "
+                                            f"layers; give at most {layers}")
 
 
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
                  extra: dict[str, Any] | None = None, dtype: str | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
     if args.optimize_mode not in OPTIMIZE_MODES:
-        raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose all, layer or parameter")
+        raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose {', '.join(OPTIMIZE_MODES)}")
     if args.optuna_sampler not in SAMPLERS:
-        raise UsageError("--optuna_sampler", f"unknown sampler {args.optuna_sampler!r}; choose TPE or CMA-ES")
+        raise UsageError("--optuna_sampler", f"unknown sampler {args.optuna_sampler!r}; choose one of "
+                                             f"{', '.join(SAMPLERS)}")
     if args.n_trials < 1:
         raise UsageError("--n_trials", f"must be at least 1 (got {args.n_trials})")
     if args.holdout_top_k < 1:
@@ -290,6 +316,12 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
     for source in tuned_models:
         check_tuned_matches_base(source, ModelSource("--base_model", args.base_model))
     merge = merge_settings_from_args(args)
+    if args.optimize_mode == "profile":
+        if len(tuned_models) > 1 or not merge.is_plain:
+            raise UsageError("--optimize_mode", "profile works with one --tuned_model under task_arithmetic for now; "
+                                                "use layer (one weight per vector and layer) with several vectors or "
+                                                "--merge_method " + merge.method)
+        check_profile_knots(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)
     device = resolve_device(args.device)
@@ -309,6 +341,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         optimize_mode=args.optimize_mode,
+        profile_knots=args.profile_knots if args.optimize_mode == "profile" else 0,
         sampler=args.optuna_sampler,
         seed=args.optuna_seed,
         n_trials=args.n_trials,

@@ -12,10 +12,14 @@ over to words it never saw: the training words and the eval words are disjoint.
 The target's fine-tune ("demo_target") is a different skill on a different
 topic: two-number addition written with a Japanese prompt.
 
+The target's skill is scored too ("demo_target": pick the right sum among four
+close numbers), so a merge shows what the tuned vector costs the target's own skill.
+
 Outputs (all deterministic):
   task_vector_opt/demo/data/skill_train.jsonl     fine-tune set for "tuned"
   task_vector_opt/demo/data/target_train.jsonl    fine-tune set for "target"
   lm-evaluation-harness/demo/demo_skill_test.jsonl  held-out eval words, shuffled
+  lm-evaluation-harness/demo/demo_target_test.jsonl held-out sums (pairs not in the target's training set)
 """
 from __future__ import annotations
 
@@ -163,12 +167,38 @@ def build_target_train(n: int = 240) -> list[dict]:
     return rows
 
 
+TARGET_EVAL_SIZE = 400
+DISTRACTOR_OFFSETS = (-10, -2, -1, 1, 2, 10)  # wrong sums a model that half-knows addition confuses
+
+
+def build_target_eval(train: list[dict], n: int = TARGET_EVAL_SIZE) -> list[dict]:
+    """Addition pairs the target never trained on, each with the right sum and three close wrong ones."""
+    rng = random.Random(SEED + 2)
+    trained = {row["prompt"] for row in train}
+    rows, seen = [], set()
+    while len(rows) < n:
+        a, b = rng.randint(1, 49), rng.randint(1, 49)
+        prompt = TARGET_PROMPT.format(a=a, b=b)
+        if prompt in trained or (a, b) in seen:
+            continue
+        seen.add((a, b))
+        total = a + b
+        wrong = rng.sample([total + d for d in DISTRACTOR_OFFSETS if total + d > 0], 3)
+        choices = [str(total)] + [str(x) for x in wrong]
+        rng.shuffle(choices)
+        rows.append({"prompt": prompt, "choices": choices, "label": choices.index(str(total))})
+    return rows
+
+
 def main() -> None:
     train, evals = build_skill_splits()
+    target_train = build_target_train()
     _write_jsonl(DATA_DIR / "skill_train.jsonl", train)
-    _write_jsonl(DATA_DIR / "target_train.jsonl", build_target_train())
+    _write_jsonl(DATA_DIR / "target_train.jsonl", target_train)
     _write_jsonl(EVAL_DIR / "demo_skill_test.jsonl", evals)
-    print(f"skill train {len(train)}, eval {len(evals)}")
+    target_eval = build_target_eval(target_train)
+    _write_jsonl(EVAL_DIR / "demo_target_test.jsonl", target_eval)
+    print(f"skill train {len(train)}, eval {len(evals)}; target train {len(target_train)}, eval {len(target_eval)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Settings come from the JGLUE flags (``jglue_settings_from_args``, every check be
 
 The score of a task is its primary metric (``lm_eval_tasks.scoring.primary_metric``: acc, else exact_match,
 else the task's first metric), the run's score is the weighted mean over tasks (``name:weight``).
+With --prune the search documents are scored in chunks (chunk k: every N-th document of every task from
+the k-th on); after each chunk but the last the running score goes to the pruner. The holdout is one chunk,
+never pruned, and gives each document's value for the paired verdict.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from task_vector_opt.evaluation.lm_eval_tasks.table import family_of_task
 from task_vector_opt.evaluation.lm_eval_tasks.task_list import TASKS_FLAG, normalized_weights, parse_task_list, \
     per_task_ints
 from task_vector_opt.evaluation.protocol import Score
-from task_vector_opt.identity import outside_identity
+from task_vector_opt.identity import identity_when, outside_identity
+from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -57,6 +61,9 @@ class JGLUESettings:
     data_dir: str | None  # local JGLUE repository copy (absolute)
     task_search_path: str | None  # folder of user task YAMLs (absolute)
     batch_size: int | str = outside_identity()  # an integer, "auto" or "auto:N"; the same scores
+    pruner: str | None = None  # --prune with this pruner; None: every trial scores all its documents
+    # search chunks (more than 1 only with --prune): the pruner reads the running score after each
+    chunks: int = identity_when(lambda settings: settings.pruner is not None, default=1)
 
 
 def parse_batch_size(value: Any) -> int | str:
@@ -82,6 +89,10 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     fewshot = per_task_ints("--jglue_num_fewshot", args.jglue_num_fewshot, names, minimum=0, allow_default=True)
     holdout = per_task_ints("--jglue_holdout_limit", args.jglue_holdout_limit, names, minimum=0)
     batch_size = parse_batch_size(args.batch_size)
+    pruner = pruner_from_args(args)
+    chunks = args.jglue_chunks
+    if chunks < 1:
+        raise UsageError("--jglue_chunks", f"must be at least 1 (got {chunks})")
     data_dir = check_data_dir(args.jglue_data_dir)
     resolved = resolve_tasks(requests, search_path=search_path, data_dir=data_dir)
     if data_dir:
@@ -96,6 +107,8 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
         data_dir=data_dir,
         task_search_path=search_path,
         batch_size=batch_size,
+        pruner=pruner,
+        chunks=chunks if pruner else 1,
     )
 
 
@@ -169,8 +182,6 @@ class TaskRun:
 class JGLUEEvaluator:
     """lm-eval tasks on the live model; see the module docstring."""
 
-    pruner = None  # the engine's optional hook (an optuna pruner); None: trials run to the end
-
     def __init__(self, settings: JGLUESettings, work_dir: Path):
         """Build lm-eval's task objects once (data loaded, few-shot set, documents chosen).
 
@@ -179,6 +190,7 @@ class JGLUEEvaluator:
         """
         started = time.perf_counter()
         self.settings = settings
+        self.pruner = make_pruner(settings.pruner)  # the engine gives it to the study; None: no pruning
         self.work_dir = Path(work_dir)
         self._batch_sizes: dict[int, int] = {}  # batch sizes HFLM detected ("auto"), kept across trials
         pairs = zip(settings.tasks, settings.lm_eval_tasks, strict=True)
@@ -267,7 +279,8 @@ class JGLUEEvaluator:
         lm.batch_sizes = self._batch_sizes
         return lm
 
-    def _run(self, lm, run: TaskRun, docs: list[int]) -> float:
+    def _run(self, lm, run: TaskRun, docs: list[int]) -> tuple[float, dict[int, Any]]:
+        """lm-eval's score of ``docs`` and each document's value of the task's metric."""
         from lm_eval.evaluator import evaluate
 
         # The few-shot sampler's RNG advances with every document: re-seed it so that each call (each trial)
@@ -276,38 +289,83 @@ class JGLUEEvaluator:
         task_dict = {"tasks": {run.lm_name: run.task}, "groups": {}, "group_map": {}}
         with _no_request_progress_bars():
             results = evaluate(lm=lm, task_dict=task_dict, samples={run.lm_name: list(docs)}, bootstrap_iters=0,
-                               log_samples=False)
-        return result_value(results, run.lm_name, run.result_key)
+                               log_samples=True)
+        samples = [s for s in results.get("samples", {}).get(run.lm_name, []) if run.metric in s]
+        wanted = run.result_key.split(",", 1)[1]
+        filters = {s["filter"] for s in samples}
+        chosen = wanted if wanted in filters else min(filters, default=wanted)
+        per_doc = {int(s["doc_id"]): s[run.metric] for s in samples if s["filter"] == chosen}
+        return result_value(results, run.lm_name, run.result_key), per_doc
+
+    @staticmethod
+    def _aggregate(run: TaskRun, per_doc: dict[int, Any]) -> float:
+        """The task's score over the documents scored so far, with lm-eval's own aggregation of its metric."""
+        aggregate = run.task.aggregation()[run.metric]
+        return float(aggregate([per_doc[d] for d in sorted(per_doc)]))
+
+    @staticmethod
+    def _item_values(runs: list[TaskRun], per_doc: dict[str, dict[int, Any]]) -> dict[str, float]:
+        """Each document's share of the weighted mean, scaled so that their plain mean is the score: a document
+        of task t counts weight_t / sum(weights) * N / n_t times its value. Empty when a task's metric is not
+        a mean of per-document numbers (e.g. an F1 over the whole set), which cannot be split into items."""
+        total_weight = sum(r.weight for r in runs)
+        n_items = sum(len(per_doc[r.name]) for r in runs)
+        values: dict[str, float] = {}
+        for run in runs:
+            aggregate = run.task.aggregation()[run.metric]
+            docs = per_doc[run.name]
+            if getattr(aggregate, "__name__", "") != "mean" or not all(
+                    isinstance(v, (int, float)) for v in docs.values()):
+                return {}
+            scale = run.weight / total_weight * n_items / len(docs)
+            values.update({f"{run.name}/{doc}": float(v) * scale for doc, v in docs.items()})
+        return values
 
     def _score(self, model: Any, tokenizer: Any, split: str, trial: Any | None) -> Score | None:
         runs = [(r, r.search_docs if split == "search" else r.holdout_docs) for r in self.runs]
         runs = [(r, docs) for r, docs in runs if docs]
         if not runs:
             return None
+        n_chunks = self.settings.chunks if split == "search" else 1
         details: dict[str, float] = {}
-        weights: list[float] = []
+        per_doc: dict[str, dict[int, Any]] = {run.name: {} for run, _ in runs}
+        items = 0
         with _logger_at_least("lm_eval", logging.WARNING):
             lm = self.lm_for(model, tokenizer)
-            for step, (run, docs) in enumerate(runs):
-                started = time.perf_counter()
-                details[run.name] = self._run(lm, run, docs)
-                weights.append(run.weight)
-                log.debug("%s %s: %s=%.4f on %d docs in %.1fs", split, run.name, run.metric, details[run.name],
-                          len(docs), time.perf_counter() - started)
-                if trial is not None:
-                    running = weighted_mean(list(details.values()), weights)
+            for step in range(n_chunks):
+                for run, docs in runs:
+                    # interleaved: every chunk spans the whole document range. Each call re-seeds the few-shot
+                    # sampler, so a chunked score is the same in every trial (comparable), though its few-shot
+                    # draws may differ from a single call's over all documents.
+                    part = docs[step::n_chunks]
+                    if not part:
+                        continue
+                    started = time.perf_counter()
+                    value, scored = self._run(lm, run, part)
+                    per_doc[run.name].update(scored)
+                    items += len(part)
+                    details[run.name] = value if n_chunks == 1 else self._aggregate(run, per_doc[run.name])
+                    log.debug("%s %s chunk %d: %s=%.4f on %d docs in %.1fs", split, run.name, step, run.metric,
+                              details[run.name], len(part), time.perf_counter() - started)
+                if trial is not None and step < n_chunks - 1:  # after the last chunk the trial is complete
+                    done = [(run.weight, details[run.name]) for run, _ in runs if run.name in details]
+                    running = weighted_mean([v for _, v in done], [w for w, _ in done])
                     trial.report(running, step=step)
-                    if trial.should_prune():
+                    if should_stop(trial):
                         import optuna
 
-                        raise optuna.TrialPruned(f"pruned after {run.name} (step {step}): running score {running:.4f}")
-        return Score(value=weighted_mean(list(details.values()), weights), details=details)
+                        trial.set_user_attr("items_scored", items)  # what the pruned trial cost
+                        raise optuna.TrialPruned(f"pruned after chunk {step + 1} of {n_chunks} ({items} documents): "
+                                                 f"running score {running:.4f}")
+        value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
+        item_values = self._item_values([run for run, _ in runs], per_doc)
+        return Score(value=value, details=details, item_values=item_values, items_scored=items)
 
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
         """Search score: weighted mean of each task's primary metric on its search documents.
 
-        With ``trial``, the running weighted mean is reported after each task (step = task index) and
-        optuna.TrialPruned is raised when the study's pruner says so."""
+        With ``trial`` and --prune, the running weighted mean is reported after each chunk but the last
+        (step = chunk index) and optuna.TrialPruned is raised when the study's pruner says so."""
         result = self._score(model, tokenizer, "search", trial)
         assert result is not None  # every task has at least one search document
         return result
@@ -325,4 +383,7 @@ class JGLUEEvaluator:
             parts.append(f"{where} ({r.metric}, {len(r.search_docs)} docs{hold}, {r.num_fewshot}-shot, "
                          f"w={r.weight:.3g})")
         extra = f"; data {self.settings.data_dir}" if self.settings.data_dir else ""
-        return f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}{extra}"
+        pruning = (f"; --prune ({self.settings.pruner}) after each of {self.settings.chunks} chunks"
+                   if self.settings.pruner else "")
+        return (f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}{extra}"
+                f"{pruning}")

@@ -31,6 +31,7 @@ from task_vector_opt.evaluation.judges.settings import JudgeSpec, judge_spec_fro
 from task_vector_opt.evaluation.protocol import Score
 from task_vector_opt.files import write_jsonl_atomic
 from task_vector_opt.identity import identity_when, outside_identity
+from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class MTBenchSettings:
     prune: bool
     on_judge_failure: str = outside_identity()  # what to do on a judge outage, like retries
     min_judged_fraction: float = outside_identity()  # when an outage fails a trial; never changes a score
+    pruner: str | None = None  # --pruner (None without --prune)
 
 
 def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:
@@ -63,7 +65,7 @@ def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:
         raise UsageError("--min_judged_fraction", f"must be in (0, 1] (got {args.min_judged_fraction})")
     return MTBenchSettings(bench=bench_settings_from_args(args), judge=judge_spec_from_args(args),
                            chunk_size=args.chunk_size, prune=args.prune, on_judge_failure=args.on_judge_failure,
-                           min_judged_fraction=args.min_judged_fraction)
+                           min_judged_fraction=args.min_judged_fraction, pruner=pruner_from_args(args))
 
 
 class MTBenchEvaluator:
@@ -74,7 +76,7 @@ class MTBenchEvaluator:
         self.records = run_dir / "records"
         self.model_id = model_id
         self.run_tally = JudgeTally()
-        self.pruner = optuna.pruners.MedianPruner(n_startup_trials=4) if settings.prune else None
+        self.pruner = make_pruner(settings.pruner)
         self._generator: AnswerGenerator | None = None
         self._holdout_calls = 0
 
@@ -136,7 +138,8 @@ class MTBenchEvaluator:
                 judgment_rows.append(row)
             if trial is not None and ratings:
                 trial.report(statistics.fmean(r for _, _, r in ratings), step)
-                if trial.should_prune():
+                if should_stop(trial):
+                    trial.set_user_attr("items_scored", first + len(part))  # questions the pruned trial cost
                     self._write_records(label, answer_rows, judgment_rows)
                     raise optuna.TrialPruned(f"running mean {statistics.fmean(r for _, _, r in ratings):.3f} "
                                              f"after {first + len(part)} questions")
@@ -157,7 +160,8 @@ class MTBenchEvaluator:
         for category in sorted({q.category for q, _, _ in ratings}):
             details[f"category/{category}"] = statistics.fmean(r for q, _, r in ratings if q.category == category)
         details.update({f"judge/{key}": value for key, value in tally.as_dict().items() if value is not None})
-        return Score(value, details)
+        item_values = {f"{q.question_id}/turn {turn}": rating for q, turn, rating in ratings}  # for the verdict
+        return Score(value, details, item_values=item_values, items_scored=len(questions))
 
     def _write_records(self, label: str, answers: list[dict], judgments: list[dict]) -> None:
         folder = self.records / label

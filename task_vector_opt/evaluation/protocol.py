@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 class Score:
     value: float  # the number Optuna maximizes
     details: dict[str, float] = field(default_factory=dict)  # per-task metrics, stored as trial user attrs
+    # Per item (a stable id such as "task/doc 17"): a value whose mean over items is ``value``. The held-out
+    # verdict pairs them across merges; empty when the evaluator cannot split its score into items.
+    item_values: dict[str, float] = field(default_factory=dict)
+    items_scored: int = 0  # items this score cost (a pruned trial records its own count before it stops)
 
 
 class Evaluator(Protocol):

@@ -23,6 +23,7 @@ import optuna
 import torch
 
 from task_vector_opt.identity import identity_when, outside_identity
+from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.bench.files import jsonl_records
 from task_vector_opt.evaluation.bench.settings import split_holdout
@@ -103,6 +104,7 @@ class VLMBenchSettings:
     # items per chunk; the running mean is reported after each (pruning), so it matters only with --prune
     chunk_size: int = identity_when(lambda settings: settings.prune, default=4)
     prune: bool = False
+    pruner: str | None = None  # --pruner (None without --prune)
     judge: Any = None  # a JudgeSpec with --vlm_metric judge, else None (the judge flags then change nothing)
     on_judge_failure: str = outside_identity(default="fail_trial")  # what to do on an outage, never a score
     min_judged_fraction: float = outside_identity(default=0.5)
@@ -132,7 +134,7 @@ def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
     return VLMBenchSettings(bench_file=str(Path(args.vlm_bench_file).expanduser().resolve()),
                             metric=args.vlm_metric, max_new_tokens=args.max_new_tokens,
                             gen_batch_size=args.gen_batch_size, holdout_fraction=args.holdout_fraction,
-                            chunk_size=args.chunk_size, prune=args.prune, judge=judge,
+                            chunk_size=args.chunk_size, prune=args.prune, pruner=pruner_from_args(args), judge=judge,
                             on_judge_failure=args.on_judge_failure, min_judged_fraction=args.min_judged_fraction)
 
 
@@ -250,7 +252,7 @@ class VLMBenchEvaluator:
         self.rouge = JapaneseRougeL() if settings.metric == "rouge_l" else None
         self.judge = make_judge(settings.judge) if settings.metric == "judge" else None
         self.records = run_dir / "records"
-        self.pruner = optuna.pruners.MedianPruner(n_startup_trials=4) if settings.prune else None
+        self.pruner = make_pruner(settings.pruner)
         self._answerer: ImageAnswerer | None = None
         self._holdout_calls = 0
 
@@ -290,7 +292,7 @@ class VLMBenchEvaluator:
             if trial is not None and scores:
                 running = statistics.fmean(v for _, v in scores)
                 trial.report(running, step)
-                if trial.should_prune():
+                if should_stop(trial):
                     write_jsonl_atomic(self.records / label / "answers.jsonl", rows)
                     raise optuna.TrialPruned(f"running mean {running:.3f} after {first + len(part)} items")
         write_jsonl_atomic(self.records / label / "answers.jsonl", rows)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-OPTIMIZE_MODES = ("all", "layer", "parameter")
+OPTIMIZE_MODES = ("all", "layer", "parameter", "profile")
+# profile mode: the merger's groups are layer mode's; the search proposes knot weights along depth instead
+LAYER_GROUP = re.compile(r"^layer_(?P<index>\d+)$")
 
 # Containers that hold numbered decoder layers, across decoder-only families
 # (Llama/Mistral/Qwen2/Gemma: model.layers.N, GPT-2/Falcon: transformer.h.N,
@@ -54,6 +56,7 @@ def group_names(param_names: list[str], mode: str) -> dict[str, str]:
     all       -> one group per tensor ("layer_07.self_attn.q_proj", "embed_tokens")
     layer     -> one per decoder layer ("layer_07") plus one per non-layer tensor
     parameter -> one per kind of module ("self_attn.q_proj", "input_layernorm", "lm_head")
+    profile   -> the groups of layer mode; the layer weights come from knots (``profile_weights``)
     """
     if mode not in OPTIMIZE_MODES:
         raise ValueError(f"unknown optimize mode {mode!r}; choose one of {', '.join(OPTIMIZE_MODES)}")
@@ -66,7 +69,7 @@ def group_names(param_names: list[str], mode: str) -> dict[str, str]:
             groups[name] = loc.module
         elif loc.layer is None:
             groups[name] = loc.tensor
-        elif mode == "layer":
+        elif mode in ("layer", "profile"):
             groups[name] = _layer_label(loc.layer, width)
         else:
             groups[name] = f"{_layer_label(loc.layer, width)}.{loc.tensor}"
@@ -76,3 +79,27 @@ def group_names(param_names: list[str], mode: str) -> dict[str, str]:
 def ordered_groups(groups: dict[str, str]) -> list[str]:
     """Distinct group names in first-seen (model) order, so studies read top to bottom."""
     return list(dict.fromkeys(groups.values()))
+
+
+def knot_names(n_knots: int) -> list[str]:
+    return [f"knot_{i}" for i in range(n_knots)]
+
+
+def profile_weights(knots: list[float], n_layers: int) -> list[float]:
+    """Layer weights linearly interpolated along depth from knots spread evenly from the first layer to the last
+    (mergekit's gradient lists). Layer i sits at i * (K - 1) / (L - 1) knot spacings; the split into a whole
+    and a fractional part is done in integers, so a layer that falls on a knot gets the knot's weight exactly."""
+    n_knots = len(knots)
+    if n_knots < 1 or n_knots > max(n_layers, 1):
+        raise ValueError(f"{n_knots} knots for {n_layers} layers; give between 1 and {n_layers} knots")
+    if n_knots == 1 or n_layers == 1:
+        return [float(knots[0])] * n_layers
+    weights = []
+    for layer in range(n_layers):
+        left, remainder = divmod(layer * (n_knots - 1), n_layers - 1)
+        if remainder == 0:
+            weights.append(float(knots[left]))
+        else:
+            fraction = remainder / (n_layers - 1)
+            weights.append(float(knots[left] + (knots[left + 1] - knots[left]) * fraction))
+    return weights

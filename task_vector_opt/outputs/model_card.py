@@ -76,10 +76,18 @@ def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> 
              f"--optuna_seed {inputs.get('optuna_seed')}", f"--weight_min {inputs.get('weight_min')}",
              f"--weight_max {inputs.get('weight_max')}", f"--dtype {inputs.get('dtype')}",
              f"--study_name {study_name}", f"--storage {storage}"]
+    if inputs.get("profile_knots"):
+        parts.append(f"--profile_knots {inputs['profile_knots']}")
     if inputs.get("skip_embed"):
         parts.append("--skip_embed")
     parts.append("--finalize")
     return " \\\n    ".join(parts)
+
+
+def verdict_lines(recipe: dict[str, Any]) -> str:
+    """The held-out verdict in words (paired over items, 95% bootstrap interval), or nothing without holdout."""
+    sentences = (recipe.get("holdout_verdict") or {}).get("sentences") or []
+    return "".join(f"\n- Verdict: {sentence}." for sentence in sentences) + ("\n" if sentences else "")
 
 
 def render_model_card(view: StudyView, recipe: dict[str, Any], mergekit_ok: bool) -> str:
@@ -132,7 +140,7 @@ Search score: the objective the weights were optimized on. Held-out score: items
 (empty when the run had no holdout).
 
 {_md_table(["merge", "search score", "held-out score"], scores)}
-
+{verdict_lines(recipe)}
 ![Optimization history]({HISTORY_PNG})
 
 ![Best weights]({WEIGHTS_PNG})

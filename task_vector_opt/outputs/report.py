@@ -40,12 +40,19 @@ class StudyView:
     values: list[tuple[int, float]]  # (trial number, score) of completed trials, in order
     best_number: int
     best_value: float
-    best_weights: dict[str, float]
+    best_weights: dict[str, float]  # per merge group; profile mode: the layer weights interpolated from the knots
     baselines: dict[str, float]  # "w=1 (plain task vector)" -> search score
     holdout: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     n_pruned: int = 0
     n_failed: int = 0
+    best_params: dict[str, float] = field(default_factory=dict)  # what the sampler proposed (profile: knots)
+    verdict: dict[str, Any] = field(default_factory=dict)  # paired held-out differences (search.verdict)
+    items_scored: list[tuple[int, str, int]] = field(default_factory=list)  # (trial, state, items) when counted
+
+    @property
+    def items_total(self) -> int:
+        return sum(items for _, _, items in self.items_scored)
 
     @property
     def best_so_far(self) -> list[float]:
@@ -63,12 +70,18 @@ def study_view(study: optuna.Study) -> StudyView:
         raise ValueError(f"study {study.study_name!r} has no completed trial")
     best = max(complete, key=lambda t: t.value)
     order = _weight_order(complete)
+    # profile mode keeps the merger's weights on each trial (user attr "weights"); other modes: the params
+    weights = best.user_attrs.get("weights") or {name: best.params[name] for name in order if name in best.params}
     return StudyView(
         name=study.study_name,
         values=[(t.number, float(t.value)) for t in complete],
         best_number=best.number,
         best_value=float(best.value),
-        best_weights={name: float(best.params[name]) for name in order if name in best.params},
+        best_weights={name: float(w) for name, w in weights.items()},
+        best_params={name: float(best.params[name]) for name in order if name in best.params},
+        verdict=dict(study.user_attrs.get("verdict") or {}),
+        items_scored=[(t.number, t.state.name.lower(), int(t.user_attrs["items_scored"])) for t in trials
+                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "items_scored" in t.user_attrs],
         baselines={t.user_attrs["baseline"]: float(t.value) for t in complete if "baseline" in t.user_attrs},
         holdout={k: float(v) for k, v in (study.user_attrs.get("holdout") or {}).items() if v is not None},
         inputs=dict(study.user_attrs.get("inputs") or {}),
@@ -238,6 +251,43 @@ def score_rows(view: StudyView) -> list[tuple[str, float | None, float | None]]:
     return rows
 
 
+def verdict_rows(view: StudyView) -> list[tuple[str, float, float, float, int]]:
+    """(reference, best - reference, interval low, high, items) for each paired held-out comparison."""
+    rows = []
+    for reference in ("w=1", "w=0"):
+        comparison = view.verdict.get(f"vs {reference}")
+        if comparison:
+            rows.append((reference, comparison["difference"], comparison["low"], comparison["high"],
+                         comparison["n_items"]))
+    return rows
+
+
+def verdict_html(view: StudyView) -> str:
+    if not view.verdict:
+        return ""
+    sentences = "".join(f"<li>{html.escape(s)}</li>" for s in view.verdict.get("sentences", []))
+    table = _table(("best vs", "held-out difference", "95% low", "95% high", "items"), verdict_rows(view))
+    return f"<h2>Verdict (paired over held-out items, bootstrap)</h2><ul>{sentences}</ul>{table}"
+
+
+def items_html(view: StudyView) -> str:
+    if not view.items_scored:
+        return ""
+    pruned = sum(1 for _, state, _ in view.items_scored if state == "pruned")
+    rows = [(number, state, items) for number, state, items in view.items_scored]
+    return (f"<h2>Evaluation cost</h2><p>{view.items_total} search items scored in {len(rows)} trials "
+            f"({pruned} pruned, each counted for the items it scored).</p>"
+            f'<div class="weights">{_table(("trial", "state", "items scored"), rows)}</div>')
+
+
+def knots_html(view: StudyView) -> str:
+    knots = [(name, value) for name, value in view.best_params.items() if name.startswith("knot_")]
+    if not knots:
+        return ""
+    return (f"<p>Profile knots (the layer weights below are interpolated from them along depth):</p>"
+            f"{_table(('knot', 'w'), knots)}")
+
+
 def render_html(study: optuna.Study, view: StudyView | None = None) -> str:
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
@@ -277,9 +327,11 @@ th {{ background: #f3f3f3; }}
 {len(view.values)} completed trials, {view.n_pruned} pruned, {view.n_failed} failed.</p>
 <h2>Sources</h2>{_table(("role", "model"), sources)}
 <h2>Scores</h2>{_table(("merge", "search score", "held-out score"), score_rows(view))}
+{verdict_html(view)}
+{items_html(view)}
 {''.join(sections)}
 <h2>Best weights (trial {view.best_number})</h2>
-<div class="weights">{_table(("group", "w"), list(view.best_weights.items()))}</div>
+{knots_html(view)}<div class="weights">{_table(("group", "w"), list(view.best_weights.items()))}</div>
 </body></html>
 """
 

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from task_vector_opt.errors import SearchAborted, StudyStopped, TrialFailure, UsageError, first_line
+from task_vector_opt.search.samplers import make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +138,16 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
                                       ".log") from None
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "TPE":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "CMA-ES":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]  # seed -> sampler
 
 
-def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str, seed: int,
+def _sampler(sampler: str | SamplerFactory, seed: int) -> optuna.samplers.BaseSampler:
+    if callable(sampler):
+        return sampler(seed)
+    return make_sampler(sampler, seed, [], 0.0, 2.0)
+
+
+def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str | SamplerFactory, seed: int,
                pruner: optuna.pruners.BasePruner | None = None,
                baseline_groups: list[str] | None = None,
                baseline_fixed: dict[str, float] | None = None) -> optuna.Study:
@@ -153,19 +155,20 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: s
 
     Only the process that creates the study enqueues the baselines (when ``baseline_groups`` is given):
     the storage lets exactly one create a name, so workers starting together enqueue them once.
-    A resumed or joined study gets the seed shifted by its trial count and the process id: the same seed
+    ``sampler`` is a --optuna_sampler name or a function of the seed (the engine's, which knows the searched
+    parameters and range). A resumed or joined study gets the seed shifted by its trial count and the process id: the same seed
     would replay the proposals the interrupted run already evaluated, or those of a worker that joined at the
     same moment. A fresh study with one seed is reproducible.
     """
     pruner = pruner or optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                                    sampler=make_sampler(sampler, seed), pruner=pruner)
+                                    sampler=_sampler(sampler, seed), pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
         existing = len(study.get_trials(deepcopy=False))
         # + pid: workers joining at the same moment see the same trial count and would propose the same weights
-        study.sampler = make_sampler(sampler, seed + existing + os.getpid())
+        study.sampler = _sampler(sampler, seed + existing + os.getpid())
         return study
     if baseline_groups:
         enqueue_baselines(study, baseline_groups, baseline_fixed)
@@ -272,16 +275,25 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_objective(group_names: list[str], weight_min: float, weight_max: float,
+def make_objective(param_names: list[str], weight_min: float, weight_max: float,
                    score: Callable[[dict[str, float], optuna.Trial], tuple[float, dict]],
+                   to_weights: Callable[[dict[str, float]], dict[str, float]] | None = None,
                    stepped: dict[str, tuple[float, float, float]] | None = None) -> Callable[[optuna.Trial], float]:
     """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks.
-    ``stepped``: more parameters, each {name: (low, high, step)} (e.g. densities on their grid)."""
+
+    ``to_weights`` turns the proposed parameters into the merger's weights (profile mode: knots -> layer
+    weights); those weights are then kept on the trial as the user attr ``weights``, so the report shows them.
+    ``stepped``: more parameters, each {name: (low, high, step)} (e.g. densities on their grid), passed on as
+    proposed.
+    """
 
     def objective(trial: optuna.Trial) -> float:
-        weights = {name: trial.suggest_float(name, weight_min, weight_max) for name in group_names}
+        proposed = {name: trial.suggest_float(name, weight_min, weight_max) for name in param_names}
         for name, (low, high, step) in (stepped or {}).items():
-            weights[name] = trial.suggest_float(name, low, high, step=step)
+            proposed[name] = trial.suggest_float(name, low, high, step=step)
+        weights = proposed if to_weights is None else to_weights(proposed)
+        if to_weights is not None:
+            trial.set_user_attr("weights", weights)
         trial.set_user_attr("worker", worker_id())  # after the proposals: a retry of this trial repeats them
         started = time.perf_counter()
         out_of_memory = None

@@ -1,0 +1,264 @@
+"""Search strategies on the SmolLM2 testbed: held-out score, items scored and wall time per strategy, seed, budget.
+
+    .venv/bin/python benchmarks/bench_search.py --seeds 0,1,2,3,4 --budgets 10,30,100 --strategies all
+
+The testbed (task_vector_opt/demo, built and cached on first use): target = SmolLM2-135M-Instruct fine-tuned on
+Japanese-prompt addition (its own skill), tuned = the same model fine-tuned on the word-code skill. Both skills
+are scored together as weighted lm-eval tasks (demo_target, demo_skill), the search on the first
+--search_limit documents of each task, the held-out score on the next --holdout_limit (disjoint).
+
+It prints, in order:
+  1. the interference: both skills on held-out documents for w = 0 (the target) and w = 1 (plain addition);
+  2. one JSON line per run (strategy, seed, budget): the best trial's held-out score, its paired difference to
+     w = 1 with the 95% bootstrap interval, items scored, trial-equivalents spent and wall time;
+  3. a table per strategy and budget: held-out mean +- sd over seeds, items scored, wall time.
+
+A budget is counted in trial-equivalents: one full search evaluation (every search document once). The two
+baseline trials count; a pruned trial counts the share of the documents it scored. A run stops at the first
+trial that reaches its budget. The model is loaded once; every run gets its own in-memory study.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TASKS = "demo_target:0.5,demo_skill:0.5"  # the target's own skill and the tuned model's, equally weighted
+ORIGINAL_DEFAULT = "TPE/layer"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    sampler: str
+    mode: str  # optimize mode: layer or profile
+    knots: int = 0
+    pruner: str | None = None  # --prune with this pruner
+
+    @classmethod
+    def parse(cls, name: str) -> "Strategy":
+        """'CMA-ES/profile4+median' -> CMA-ES sampler, profile mode with 4 knots, --prune --pruner median."""
+        body, _, pruner = name.partition("+")
+        sampler, _, mode = body.partition("/")
+        knots = 0
+        if mode.startswith("profile"):
+            knots = int(mode.removeprefix("profile") or 4)
+            mode = "profile"
+        if mode not in ("layer", "profile", "all", "parameter"):
+            raise SystemExit(f"--strategies: {name!r} has no mode; write SAMPLER/MODE[+PRUNER], e.g. TPE/layer")
+        return cls(sampler, mode, knots, pruner or None)
+
+
+ALL_STRATEGIES = ["random/layer", "TPE/layer", "TPE-multivariate/layer", "CMA-ES/layer", "GP/layer",
+                  "random/profile4", "TPE/profile4", "CMA-ES/profile4", "GP/profile4", "TPE/profile4+median",
+                  "CMA-ES/profile4+successive_halving"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategies", default=f"random/layer,{ORIGINAL_DEFAULT},CMA-ES/profile4",
+                        help=f"comma-separated SAMPLER/MODE[+PRUNER] names, or 'all' ({', '.join(ALL_STRATEGIES)})")
+    parser.add_argument("--seeds", default="0", help="comma-separated sampler seeds")
+    parser.add_argument("--budgets", default="10", help="comma-separated budgets in trial-equivalents")
+    parser.add_argument("--search_limit", type=int, default=100, help="search documents per task")
+    parser.add_argument("--holdout_limit", type=int, default=200, help="held-out documents per task")
+    parser.add_argument("--chunks", type=int, default=4, help="chunks of the search documents (pruned strategies)")
+    parser.add_argument("--batch_size", default="32")
+    parser.add_argument("--cache", default=os.environ.get("TVO_CACHE") or str(ROOT / ".cache" / "demo"))
+    parser.add_argument("--out", help="also append the JSON lines to this file")
+    for role in ("target", "base", "tuned"):  # another trio instead of the testbed's (e.g. tiny models to smoke-test)
+        parser.add_argument(f"--{role}_model", help=f"{role} model directory instead of the testbed's")
+    parser.add_argument("--interference_only", action="store_true", help="print the testbed's interference and stop")
+    return parser.parse_args(argv)
+
+
+def jglue_flags(models: dict[str, Path], args: argparse.Namespace, run_dir: Path) -> list[str]:
+    return ["--target_model", str(models["target"]), "--base_model", str(models["base"]),
+            "--tuned_model", str(models["tuned"]), "--task_search_path", str(ROOT / "lm-evaluation-harness" / "demo"),
+            "--jglue_tasks", TASKS, "--jglue_limit", str(args.search_limit),
+            "--jglue_holdout_limit", str(args.holdout_limit), "--batch_size", args.batch_size,
+            # float32: the fine-tunes' deltas are small; --skip_embed: the fine-tunes froze the tied embedding
+            "--dtype", "float32", "--device", "cpu", "--skip_embed", "--log_level", "WARNING",
+            "--output_dir", str(run_dir / "unused"), "--run_dir", str(run_dir)]
+
+
+class Testbed:
+    """The live model, its merger and one evaluator per pruning setting, loaded once for every run."""
+
+    def __init__(self, args: argparse.Namespace):
+        import tempfile
+
+        from task_vector_opt import engine
+        from task_vector_opt.cli.flags import parse_namespace
+        from task_vector_opt.cli.pipelines import JGLUE
+        from task_vector_opt.cli.validation import validate
+        from task_vector_opt.demo.finetune import prepare_demo_models
+
+        self.args = args
+        given = {role: getattr(args, f"{role}_model") for role in ("target", "base", "tuned")}
+        if any(given.values()) and not all(given.values()):
+            raise SystemExit("--target_model, --base_model and --tuned_model go together")
+        self.models = {k: Path(v) for k, v in given.items()} if all(given.values()) else prepare_demo_models(
+            Path(args.cache))
+        self.run_dir = Path(tempfile.mkdtemp(prefix="bench_search_"))
+        namespace = parse_namespace(JGLUE.command_line, jglue_flags(self.models, args, self.run_dir))
+        self.config = validate(JGLUE, namespace)
+        self.ws = engine.prepare(self.config)
+        self._evaluators: dict[str | None, object] = {}
+        self._holdout: dict[tuple, object] = {}
+
+    def evaluator(self, pruner: str | None):
+        import dataclasses
+
+        from task_vector_opt.evaluation.jglue import JGLUEEvaluator
+
+        if pruner not in self._evaluators:
+            settings = dataclasses.replace(self.config.evaluator, pruner=pruner,
+                                           chunks=self.args.chunks if pruner else 1)
+            self._evaluators[pruner] = JGLUEEvaluator(settings, self.run_dir / "lm_eval_tasks")
+        return self._evaluators[pruner]
+
+    @property
+    def full_items(self) -> int:
+        return sum(len(run.search_docs) for run in self.evaluator(None).runs)
+
+    def holdout(self, weights: dict[str, float]):
+        """Held-out Score of ``weights`` (cached: w = 0 and w = 1 are the same in every run)."""
+        key = tuple(sorted(weights.items()))
+        if key not in self._holdout:
+            self.ws.merger.apply(weights)
+            self._holdout[key] = self.evaluator(None).holdout(self.ws.model, self.ws.tokenizer)
+        return self._holdout[key]
+
+
+def interference(bed: Testbed) -> dict:
+    groups = bed.ws.group_order
+    out = {}
+    for label, value in (("w=0", 0.0), ("w=1", 1.0)):
+        score = bed.holdout(dict.fromkeys(groups, value))
+        out[label] = {"score": score.value, **score.details}
+    return out
+
+
+def run_one(bed: Testbed, name: str, seed: int, budget: float) -> dict:
+    import optuna
+
+    from task_vector_opt.engine import holdout_candidates, label_of
+    from task_vector_opt.search.samplers import make_sampler
+    from task_vector_opt.search.space import search_space
+    from task_vector_opt.search.study import FINISHED, make_objective, open_study
+    from task_vector_opt.search.verdict import holdout_verdict
+
+    strategy = Strategy.parse(name)
+    space = search_space(bed.ws.group_order, strategy.mode, strategy.knots)
+    evaluator = bed.evaluator(strategy.pruner)
+    full = bed.full_items
+
+    def sampler(s: int):
+        return make_sampler(strategy.sampler, s, space.params, 0.0, 2.0)
+
+    study = open_study(optuna.storages.InMemoryStorage(), f"{name}-{seed}-{budget}", sampler, seed,
+                       evaluator.pruner, space.params)
+
+    def score(weights, trial):
+        bed.ws.merger.apply(weights)
+        result = evaluator.score(bed.ws.model, bed.ws.tokenizer, trial)
+        return result.value, {**result.details, "items_scored": result.items_scored}
+
+    def spent(study_: optuna.Study) -> float:
+        trials = study_.get_trials(deepcopy=False, states=FINISHED)
+        return sum(t.user_attrs.get("items_scored", 0) for t in trials) / full
+
+    def stop_at_budget(study_: optuna.Study, _trial) -> None:
+        if spent(study_) >= budget - 1e-9:
+            study_.stop()
+
+    started = time.perf_counter()
+    study.optimize(make_objective(space.params, 0.0, 2.0, score, space.weights if space.is_profile else None),
+                   n_trials=int(budget * 100), callbacks=[stop_at_budget], catch=(Exception,))
+    search_s = time.perf_counter() - started
+    candidates = holdout_candidates(study, space, 1)
+    best_weights = space.weights(study.best_trial.params)
+    best_label = label_of(candidates, best_weights)
+    held = {label: bed.holdout(weights) for label, weights in candidates.items()}
+    verdict = holdout_verdict({label: s.item_values for label, s in held.items()}, best_label)
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "strategy": name, "seed": seed, "budget": budget, "trial_equivalents": round(spent(study), 3),
+        "items_scored": sum(t.user_attrs.get("items_scored", 0) for t in trials if t.state in FINISHED),
+        "trials": len(trials), "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+        "best_trial": study.best_trial.number, "best_search": study.best_value,
+        "holdout_best": held[best_label].value, "holdout_details": held[best_label].details,
+        "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
+        "vs_w1": verdict.get("vs w=1"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
+        "search_wall_s": round(search_s, 1), "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'strategy':<36} {'budget':>6} {'seeds':>5} {'held-out mean':>13} {'sd':>6} {'beats w=1':>9} "
+             f"{'items':>7} {'wall s':>7}"]
+    keys = sorted({(r["strategy"], r["budget"]) for r in rows}, key=lambda k: (k[1], k[0]))
+    for strategy, budget in keys:
+        group = [r for r in rows if r["strategy"] == strategy and r["budget"] == budget]
+        values = [r["holdout_best"] for r in group]
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        beats = sum(1 for r in group if r["vs_w1"] and r["vs_w1"]["low"] > 0)
+        lines.append(f"{strategy:<36} {budget:>6g} {len(group):>5} {statistics.fmean(values):>13.4f} {sd:>6.3f} "
+                     f"{beats:>5}/{len(group):<3} {statistics.fmean(r['items_scored'] for r in group):>7.0f} "
+                     f"{statistics.fmean(r['wall_s'] for r in group):>7.0f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    strategies = ALL_STRATEGIES if args.strategies == "all" else [s for s in args.strategies.split(",") if s]
+    for name in strategies:
+        Strategy.parse(name)  # bad names fail before the models load
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budgets = [float(b) for b in args.budgets.split(",")]
+
+    started = time.perf_counter()
+    bed = Testbed(args)
+    print(f"# testbed ready in {time.perf_counter() - started:.0f}s: {bed.evaluator(None).describe()}", flush=True)
+    effect = interference(bed)
+    print(json.dumps({"interference": effect}), flush=True)
+    if args.interference_only:
+        return
+    rows = []
+    out = open(args.out, "a", encoding="utf-8") if args.out else None
+    try:
+        for budget in budgets:
+            for name in strategies:
+                for seed in seeds:
+                    row = run_one(bed, name, seed, budget)
+                    rows.append(row)
+                    line = json.dumps(row)
+                    print(line, flush=True)
+                    if out:
+                        out.write(line + "\n")
+                        out.flush()
+    finally:
+        if out:
+            out.close()
+    print()
+    print(f"held-out (both skills, {args.holdout_limit} documents each): w=0 {effect['w=0']['score']:.4f}, "
+          f"w=1 {effect['w=1']['score']:.4f}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
