@@ -13,7 +13,7 @@ import ast
 import importlib.util
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, TypeVar, Union
@@ -22,8 +22,7 @@ from pydantic import ValidationError
 
 from task_vector_opt.cli.flags import BENCH_FLAGS
 from task_vector_opt.errors import UsageError
-from task_vector_opt.evaluation.bench.schemas import JudgePromptRow, QuestionRow, ReferenceAnswerRow, Row, \
-    template_placeholders
+from task_vector_opt.evaluation.bench.schemas import JudgePromptRow, QuestionRow, ReferenceAnswerRow, Row
 
 QuestionId = Union[int, str]
 
@@ -101,20 +100,7 @@ def needs_reference(question: Question) -> bool:
     return question.category in need_ref_categories()
 
 
-@dataclass
-class JudgePrompt:
-    name: str
-    type: str
-    system_prompt: str
-    prompt_template: str
-    description: str = ""
-    category: str = ""
-    output_format: str = ""
-    line: int = field(default=0, compare=False, repr=False)  # where it was defined, for error messages
-
-    def placeholders(self) -> set[str]:
-        """The ``{name}`` fields of the template (str.format syntax, as FastChat fills them)."""
-        return template_placeholders(self.prompt_template)
+JudgePrompt = JudgePromptRow  # a judge prompt as loaded: the validated row, with the line it came from
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -205,7 +191,5 @@ def load_judge_prompts(path: str | Path, flag: str | None = JUDGE_FILE_FLAG) -> 
         if row.name in prompts:
             raise UsageError(flag, f"{path}:{number}: duplicate judge prompt {row.name!r} (first on line "
                                    f"{prompts[row.name].line})")
-        prompts[row.name] = JudgePrompt(
-            name=row.name, type=row.type, system_prompt=row.system_prompt, prompt_template=row.prompt_template,
-            description=row.description, category=row.category, output_format=row.output_format, line=number)
+        prompts[row.name] = row.at_line(number)
     return prompts

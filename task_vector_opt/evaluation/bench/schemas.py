@@ -5,8 +5,8 @@ from __future__ import annotations
 import string
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, \
-    field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr, \
+    StringConstraints, field_validator
 
 MAX_TURNS = 2  # FastChat's single-answer judge prompts grade turn 1 and turn 2
 
@@ -94,6 +94,21 @@ class JudgePromptRow(Row):
     description: AnyText = ""
     category: AnyText = ""
     output_format: AnyText = ""
+
+    _line: int = PrivateAttr(default=0)  # where it was defined, for error messages
+
+    @property
+    def line(self) -> int:
+        return self._line
+
+    def at_line(self, number: int) -> "JudgePromptRow":
+        """This row, remembering the line of the file it was read from."""
+        self._line = number
+        return self
+
+    def placeholders(self) -> set[str]:
+        """The ``{name}`` fields of the template (str.format syntax, as FastChat fills them)."""
+        return template_placeholders(self.prompt_template)
 
     @field_validator("prompt_template")
     @classmethod
