@@ -65,15 +65,16 @@ def setup_logging(level: str) -> None:
 
 
 def choose_store_device(config: RunConfig, model_bytes: int) -> str:
-    """Where the target copy and the task vector live (see README: hardware guidance)."""
+    """Where the target copy and the task vectors live (see README: hardware guidance)."""
     if config.vector_placement == "cpu":
         return "cpu"
     if config.vector_placement == "device" or not config.device.startswith("cuda"):
         return config.device
+    copies = 1 + max(len(config.tuned_models), 1)  # the target's originals and one copy per task vector
     free, _total = torch.cuda.mem_get_info(torch.device(config.device))
-    fits = free > (2 + HOST_RESERVE) * model_bytes
+    fits = free > (copies + HOST_RESERVE) * model_bytes
     log.info("vector placement auto: %.1f GiB free on %s, copies need %.1f GiB -> %s", free / 2**30, config.device,
-             2 * model_bytes / 2**30, "device" if fits else "cpu")
+             copies * model_bytes / 2**30, "device" if fits else "cpu")
     return config.device if fits else "cpu"
 
 
