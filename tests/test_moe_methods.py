@@ -1,5 +1,7 @@
 """The MoE with several task vectors and TIES / DARE: every expert is the dense merge of its own target, slot by slot."""
 import dataclasses
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from task_vector_opt.merging.moe.layout import expert_weights, split_slot_key
 from task_vector_opt.merging.moe.workspace import prepare
 from task_vector_opt.merging.task_vector import build_task_vector
 from test_moe import run_config
+from test_moe_pipeline import ROOT, common_flags, finished_trials, run, setup  # noqa: F401 (setup: a fixture)
 from tiny_models import make_moe_models, make_tokenizer
 
 VOCAB = 272  # the tiny tokenizer has 257 tokens
@@ -105,3 +108,29 @@ def test_one_vector_under_task_arithmetic_keeps_the_moe_names_of_old_studies(mod
     assert set(ws.group_order) == {"expert1/layer_00", "expert1/layer_01", "expert1/embed_tokens", "expert1/norm",
                                    "expert1/lm_head", "expert2/layer_00", "expert2/layer_01"}
     assert not ws.densities and ws.merger.plain
+
+
+@pytest.fixture(scope="module")
+def e2e(setup):
+    """test_moe_pipeline's tiny experts and in-process judge, plus a second fine-tune of the same base."""
+    return {**setup, "tuned2": second_fine_tune(setup["base"], setup["base"].parent / "tuned2")}
+
+
+def test_two_tuned_models_under_dare_ties_end_to_end_save_each_experts_dense_merge(e2e, tmp_path):
+    flags = common_flags(e2e, tmp_path, 2)
+    flags[flags.index("--tuned_model") + 1] = f"{e2e['tuned']},{e2e['tuned2']}"
+    done = run([sys.executable, str(ROOT / "merge_task_vector_mt_bench_moe_2_experts.py"), *flags,
+                "--merge_method", "dare_ties", "--dare_seed", "3", "--no_baseline_trials"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    trials = finished_trials(tmp_path / "run")
+    assert len(trials) == 2 and all(1.0 <= t.value <= 10.0 for t in trials)
+    assert {"expert1/v1/lm_head", "expert2/v2/layer_01", "density/v1", "density/v2"} <= set(trials[0].params)
+    best = max(trials, key=lambda t: t.value)
+    recipe = json.loads((tmp_path / "moe-2" / "merge_recipe.json").read_text())
+    assert recipe["weights"]["v2/layer_01"] == best.params["expert2/v2/layer_01"]
+    assert recipe["weights"]["density/v1"] == best.params["density/v1"]
+    # the saved expert 2 is the dense merge of target 2 with the best trial's weights and densities
+    dense = dense_expert(e2e, 1, best.params, MergeSettings("dare_ties", dare_seed=3))
+    saved = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "moe-2", dtype=torch.float32).named_parameters())
+    mlp = [n for n in saved if ".mlp." in n]
+    assert mlp and all(torch.equal(saved[n].data, dense[n].data) for n in mlp)
