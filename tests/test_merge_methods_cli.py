@@ -79,14 +79,18 @@ def test_density_per_group_with_task_arithmetic(trio, tmp_path, capsys):
     fails_with(args(trio, tmp_path, None, "--density_per_group"), capsys, "--density_per_group", "ties")
 
 
-def test_the_moe_scripts_refuse_several_vectors_for_now(trio, tmp_path, capsys):
+def test_the_moe_plan_counts_each_experts_weights_per_vector_and_the_densities(trio, tmp_path, capsys):
     judge_file = write_mini_bench(tmp_path / "data")
     argv = ["--target_model_1", str(trio["target"]), "--target_model_2", str(trio["tuned"]), "--base_model",
             str(trio["base"]), "--tuned_model", f"{trio['tuned']},{trio['target']}", "--output_dir",
             str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"), "--bench_dir", str(tmp_path / "data"),
             "--bench_name", "mini", "--judge_file", str(judge_file), "--judge_cache", "none",
-            "--judge_model_name", f"hf:{trio['base']}"]
-    expect_usage_error(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv, capsys, "--tuned_model", "MoE")
+            "--judge_model_name", f"hf:{trio['base']}", "--merge_method", "dare_ties", "--dry_run"]
+    run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv)
+    plan = json.loads(capsys.readouterr().out)
+    # layer mode, 2 layers: expert 1 (the MoE base) has 5 groups, expert 2 its 2 MLP layers; each once per vector
+    assert plan["weights_per_expert"] == {"expert1": 10, "expert2": 4} and plan["weights"] == 14
+    assert plan["task_vectors"] == 2 and plan["merge_method"] == "dare_ties" and plan["densities"] == 2
 
 
 def test_two_vectors_under_dare_ties_validate_and_plan_without_loading_weights(trio, tmp_path, capsys):

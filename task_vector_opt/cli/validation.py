@@ -33,10 +33,6 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
     targets = pipeline.targets_from_args(args)
     extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
-    if "moe" in extra and (len(config.tuned_models) > 1 or config.merge.sparsifies or config.merge.normalize):
-        raise UsageError("--tuned_model" if len(config.tuned_models) > 1 else "--merge_method",
-                         "the MoE scripts merge one task vector with task_arithmetic only for now; give one "
-                         "--tuned_model and leave --merge_method / --merge_normalize at their defaults")
     check_storage(config.storage, config.study_name if config.finalize else None)
     if not config.search_only:  # a search-only worker writes no model
         config.saved_output = pipeline.check_outputs(config, holds_this_studys_model(config))

@@ -8,7 +8,7 @@ sparsifying method (TIES, DARE) go through task_vector_opt.merging.methods.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,6 +33,42 @@ def write_merged(live: torch.Tensor, origin: torch.Tensor, delta: torch.Tensor, 
     else:  # host-resident copies: stream both to the device, then the same fused add
         live.copy_(origin, non_blocking=True)
         live.add_(delta.to(live.device, non_blocking=True), alpha=weight)
+
+
+def ties_thresholds(vectors: Sequence[dict[str, VectorEntry]], settings: MergeSettings) -> dict[str, list[torch.Tensor]]:
+    """TIES: per tensor and vector, the magnitude threshold at every grid density of the searched range (computed
+    once per run; every merger over these vectors, dense or MoE, looks its densities up here)."""
+    if settings.method != "ties":
+        return {}
+    from tqdm.auto import tqdm
+
+    low, high = settings.density_min, min(settings.density_max, 1.0)
+    return {name: [magnitude_thresholds(entries[name].delta, low, high) for entries in vectors]
+            for name in tqdm(vectors[0], desc="TIES thresholds", unit="tensor", leave=False)}
+
+
+def combined_setting(weights: dict[str, float], weight_name: Callable[[int, str], str],
+                     density_name: Callable[[int, str], str | None], group: str, n_vectors: int,
+                     settings: MergeSettings) -> tuple:
+    """(weights per vector, snapped densities or None) of one tensor in ``group``, read under the given names."""
+    per_vector = tuple(float(weights[weight_name(i, group)]) for i in range(n_vectors))
+    densities = tuple(snap_density(float(weights[density_name(i, group)]))
+                      for i in range(n_vectors)) if settings.sparsifies else None
+    return per_vector, densities
+
+
+@torch.no_grad()
+def write_setting(live: torch.Tensor, name: str, origin: torch.Tensor, deltas: Sequence[torch.Tensor],
+                  thresholds: Sequence[torch.Tensor] | None, setting: tuple, settings: MergeSettings,
+                  scratch: Scratch) -> None:
+    """live <- origin + sum_i w_i * S(delta_i) for a combined_setting; ``name`` is the dense tensor's name, which
+    seeds its DARE masks (so an MoE expert slot gets the very masks of the dense merge)."""
+    per_vector, densities = setting
+    if not any(per_vector):
+        live.copy_(origin, non_blocking=True)  # exactly (origin + 0*delta would turn -0.0 into +0.0)
+        return
+    sources = TensorSources(name, origin, deltas, thresholds, round(settings.density_min * DENSITY_GRID))
+    write_combined(live, sources, per_vector, densities, settings, scratch)
 
 
 class Merger:
@@ -68,14 +104,7 @@ class Merger:
         self.current: dict[str, TensorSetting | None] = {name: 0.0 for name in self.vector}  # starts as the target
 
     def _precompute_thresholds(self) -> dict[str, list[torch.Tensor]]:
-        """TIES: per tensor and vector, the magnitude threshold at every grid density of the searched range."""
-        if self.settings.method != "ties":
-            return {}
-        from tqdm.auto import tqdm
-
-        low, high = self.settings.density_min, min(self.settings.density_max, 1.0)
-        return {name: [magnitude_thresholds(entries[name].delta, low, high) for entries in self.vectors]
-                for name in tqdm(self.vector, desc="TIES thresholds", unit="tensor", leave=False)}
+        return ties_thresholds(self.vectors, self.settings)
 
     def _live(self, name: str) -> torch.Tensor:
         rows = self.vector[name].rows
@@ -105,10 +134,8 @@ class Merger:
             if self.plain:
                 settings[name] = float(weights[group])
                 continue
-            per_vector = tuple(float(weights[self.names.weight(i, group)]) for i in range(len(self.vectors)))
-            densities = tuple(snap_density(float(weights[self.names.density(i, group)]))
-                              for i in range(len(self.vectors))) if self.settings.sparsifies else None
-            settings[name] = (per_vector, densities)
+            settings[name] = combined_setting(weights, self.names.weight, self.names.density, group,
+                                              len(self.vectors), self.settings)
         return settings
 
     @torch.no_grad()
@@ -122,14 +149,9 @@ class Merger:
             live, origin = self._live(name), self.origin[name]
             if self.plain:
                 write_merged(live, origin, self.vector[name].delta, setting)
-            elif not any(setting[0]):
-                live.copy_(origin, non_blocking=True)  # exactly (origin + 0*delta would turn -0.0 into +0.0)
             else:
-                per_vector, densities = setting
-                sources = TensorSources(name, origin, [v[name].delta for v in self.vectors],
-                                        self.thresholds.get(name),
-                                        round(self.settings.density_min * DENSITY_GRID))
-                write_combined(live, sources, per_vector, densities, self.settings, self.scratch)
+                write_setting(live, name, origin, [v[name].delta for v in self.vectors], self.thresholds.get(name),
+                              setting, self.settings, self.scratch)
             self.current[name] = setting
             written += 1
         return written

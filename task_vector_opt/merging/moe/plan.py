@@ -1,4 +1,4 @@
-"""The MoE's --dry_run plan: weights per expert, tensors and memory, from config files only."""
+"""The MoE's --dry_run plan: weights per expert and vector, densities, tensors and memory, from config files only."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ import json
 import torch
 
 from task_vector_opt.merging.grouping import ordered_groups
+from task_vector_opt.merging.methods import MergeSettings
 from task_vector_opt.merging.models import DTYPES, resolve_config
 from task_vector_opt.merging.moe.config import MoESettings, expert_output_dir
 from task_vector_opt.merging.moe.layout import expert_label, mlp_location, moe_groups
@@ -18,7 +19,7 @@ def dry_run_plan(config, evaluator_line: str) -> str:
 
     settings: MoESettings = config.extra["moe"]
     config_dirs = [resolve_config(source, config.cache_dir)  # config.json alone; checks every model can be reached
-                   for source in (*config.targets, config.base, config.tuned)]
+                   for source in (*config.targets, config.base, *(config.tuned_models or [config.tuned]))]
     model_config = AutoConfig.from_pretrained(config_dirs[settings.base_index],
                                               trust_remote_code=config.trust_remote_code)
     with torch.device("meta"):
@@ -28,7 +29,11 @@ def dry_run_plan(config, evaluator_line: str) -> str:
     if config.skip_embed:
         names = [n for n in names if n not in embedding_parameter_names(skeleton)]
     groups = moe_groups(names, settings.n_experts, settings.base_index, config.optimize_mode)
-    per_expert = {expert_label(i): len(ordered_groups({k: g for k, g in groups.items()
+    n_vectors = len(config.tuned_models) or 1
+    merge = config.merge or MergeSettings()
+    n_groups = len(ordered_groups(groups))
+    n_densities = 0 if not merge.sparsifies else n_vectors * (n_groups if merge.density_per_group else 1)
+    per_expert = {expert_label(i): n_vectors * len(ordered_groups({k: g for k, g in groups.items()
                                                        if k.startswith(expert_label(i) + "/")}))
                   for i in range(settings.n_experts)}
     itemsize = DTYPES[config.dtype].itemsize
@@ -40,9 +45,10 @@ def dry_run_plan(config, evaluator_line: str) -> str:
         "study": config.study_name, "run_dir": str(config.run_dir), "experts": settings.n_experts,
         "moe_base_expert": settings.base_index + 1, "gate_mode": settings.gate_mode,
         "experts_per_token": settings.experts_per_token, "dtype": config.dtype, "optimize_mode": config.optimize_mode,
-        "weights": len(ordered_groups(groups)), "weights_per_expert": per_expert, "tensors": len(groups),
+        "weights": n_vectors * n_groups, "weights_per_expert": per_expert, "tensors": len(groups),
+        "task_vectors": n_vectors, "merge_method": merge.method, "densities": n_densities,
         "sampler": config.sampler, "n_trials": config.n_trials,
-        "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(moe), "task vector": gib(dense)},
+        "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(moe), "task vectors": gib(n_vectors * dense)},
         "evaluator": evaluator_line,
         "outputs": [str(expert_output_dir(config.output_dir, i)) for i in range(settings.n_experts)]
                    + ([str(config.output_dir)] if settings.save_moe else []),

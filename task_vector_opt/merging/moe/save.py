@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from task_vector_opt.engine import RunResult, recipe
+from task_vector_opt.engine import RunResult, formula, recipe
 from task_vector_opt.files import atomic_directory, write_json_atomic, write_side_files
 from task_vector_opt.merging.models import DTYPES, WeightFiles
 from task_vector_opt.merging.moe.config import MergekitMoEConfig, MoEExpertEntry, MoESettings, expert_output_dir
@@ -98,10 +98,12 @@ def save_outputs(config, result: RunResult, ws: MoEWorkspace, report_files: dict
     paths = []
     for expert in range(settings.n_experts):
         path = expert_output_dir(config.output_dir, expert)
-        weights = expert_weights(result.best_weights, expert)
-        note = ("MoE base expert: every tensor is target + w * (tuned - base)" if expert == settings.base_index else
-                "only the MLP weights enter the MoE; they are target + w * (tuned - base), every other tensor is "
-                "the target's own")
+        # this expert's weights under a dense run's names, and the densities every expert shares
+        weights = {**expert_weights(result.best_weights, expert),
+                   **{k: v for k, v in result.best_weights.items() if k.startswith("density/")}}
+        merge = formula(config)
+        note = (f"MoE base expert: every tensor is {merge}" if expert == settings.base_index else
+                f"only the MLP weights enter the MoE; they are {merge}, every other tensor is the target's own")
         side = {"merge_recipe.json": {**base_recipe, "expert": expert + 1, "target": config.targets[expert].name_or_path,
                                       "note": note, "weights": weights}}
         if expert == 0 and not settings.save_moe:

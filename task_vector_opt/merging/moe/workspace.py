@@ -1,4 +1,4 @@
-"""One MoE run's workspace: resolve the experts, build the MoE, the task vector once and the per-trial writer."""
+"""One MoE run's workspace: resolve the experts, build the MoE, each task vector once and the per-trial writer."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from task_vector_opt.cli.config import RunConfig
 from task_vector_opt.engine import Workspace
-from task_vector_opt.merging.grouping import ordered_groups
+from task_vector_opt.merging.methods import DENSITY_STEP, MergeSettings
 from task_vector_opt.merging.models import DTYPES, load_model, resolve
 from task_vector_opt.merging.moe.build import InMemoryMoE
 from task_vector_opt.merging.moe.config import MoESettings
@@ -34,7 +34,7 @@ def prepare(config: RunConfig) -> MoEWorkspace:
     started = time.perf_counter()
     expert_dirs = [resolve(t, config.cache_dir, config.allow_pickle) for t in config.targets]
     base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
-    tuned_dir = resolve(config.tuned, config.cache_dir, config.allow_pickle)
+    tuned_dirs = [resolve(t, config.cache_dir, config.allow_pickle) for t in config.tuned_models or [config.tuned]]
     dense, tokenizer = load_model(expert_dirs[settings.base_index], config.dtype, config.device,
                                   config.trust_remote_code, config.allow_pickle,
                                   config.targets[settings.base_index].flag)
@@ -46,19 +46,24 @@ def prepare(config: RunConfig) -> MoEWorkspace:
     mlp_bytes = sum(p.numel() for n, p in dense.named_parameters() if mlp_location(n)) * itemsize
     moe_bytes = sum(p.numel() for p in moe.model.parameters()) * itemsize
     origin_bytes = dense_bytes + (settings.n_experts - 1) * mlp_bytes
-    origin_device, vector_device = choose_moe_placement(config, moe_bytes, origin_bytes, dense_bytes)
-    vector = build_task_vector(dense, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=vector_device,
-                               skip_embed=config.skip_embed)
+    origin_device, vector_device = choose_moe_placement(config, moe_bytes, origin_bytes,
+                                                        len(tuned_dirs) * dense_bytes)
+    vectors = [build_task_vector(dense, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=vector_device,
+                                 skip_embed=config.skip_embed) for tuned_dir in tuned_dirs]
+    merge = config.merge or MergeSettings()
     groups = moe_groups(dense_names, settings.n_experts, settings.base_index, config.optimize_mode)
-    merger = make_merger(moe, vector, groups, origin_device, settings, tokenizer)
+    merger = make_merger(moe, vectors, groups, origin_device, settings, tokenizer, merge)
     moe.set_routers(router_vectors(settings, dense, tokenizer))
-    group_order = ordered_groups(merger.groups)
-    log.info("MoE of %d experts built in %.1fs: %d tensors, %d weights (%s mode), gate %s, originals on %s, "
-             "task vector on %s (%.2f GiB)", settings.n_experts, time.perf_counter() - started, len(merger.slots),
-             len(group_order), config.optimize_mode, settings.gate_mode, origin_device, vector_device,
+    group_order = merger.weight_names()
+    densities = {name: (merge.density_min, merge.density_max, DENSITY_STEP)
+                 for name in merger.density_names()}
+    log.info("MoE of %d experts built in %.1fs: %d tensors, %d vector(s), %d weights + %d densities (%s mode, %s), "
+             "gate %s, originals on %s, task vectors on %s (%.2f GiB)", settings.n_experts,
+             time.perf_counter() - started, len(merger.slots), len(vectors), len(group_order), len(densities),
+             config.optimize_mode, merger.settings.method, settings.gate_mode, origin_device, vector_device,
              merger.stored_bytes() / 2**30)
-    workspace = MoEWorkspace(moe.model, tokenizer, merger, group_order, len(merger.slots), moe=moe,
-                             expert_dirs=expert_dirs)
+    workspace = MoEWorkspace(moe.model, tokenizer, merger, group_order, len(merger.slots), densities=densities,
+                             moe=moe, expert_dirs=expert_dirs)
     workspace.save = lambda cfg, result, report_files: save_outputs(cfg, result, workspace, report_files)
     return workspace
 
