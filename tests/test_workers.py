@@ -126,7 +126,10 @@ def test_run_workers_script_runs_two_workers_on_a_journal_file_then_finalizes(tm
     journal = tmp_path / "shared.log"
     overrides = ["--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
                  str(trio["tuned"]), "--dtype", "float32", "--task_search_path", str(DEMO_TASKS), "--jglue_tasks",
-                 "demo_skill", "--jglue_limit", "24", "--n_trials", "12", "--study_name", "journal-study",
+                 # Trials long enough (400 documents) and many enough that both workers must share them: with
+                 # 24 documents a trial took 0.07 s and the first worker could finish the study before the
+                 # second had loaded its models.
+                 "demo_skill", "--jglue_limit", "400", "--n_trials", "30", "--study_name", "journal-study",
                  "--run_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "out"), "--cache_dir",
                  str(tmp_path / "hf")]
     env = dict(os.environ, OMP_NUM_THREADS="1", GPUS="cpu cpu", STORAGE=str(journal), LOG_DIR=str(tmp_path / "logs"),
@@ -140,7 +143,7 @@ def test_run_workers_script_runs_two_workers_on_a_journal_file_then_finalizes(tm
     study = optuna.load_study(study_name="journal-study",
                               storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
     finished = study.get_trials(states=FINISHED)
-    assert len(finished) >= 12
+    assert len(finished) >= 30
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both workers pulled trials
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["worker-0.log", "worker-1.log"]
     recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
