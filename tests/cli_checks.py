@@ -25,3 +25,10 @@ def expect_usage_error(entry, argv, capsys, flag, *fragments) -> str:
     for fragment in fragments:
         assert fragment in err, err
     return err
+
+
+def jglue_in_process(argv) -> None:
+    """merge_task_vector_jglue.py run in this process, without the exit-code wrapper (run_cli adds it where needed)."""
+    from task_vector_opt.cli.pipelines import JGLUE, run_pipeline
+
+    run_pipeline(JGLUE, argv)

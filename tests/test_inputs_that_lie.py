@@ -17,13 +17,13 @@ from judge_server import JudgeServer, reply
 from mini_bench import write_mini_bench
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import parse_namespace, run_cli
-from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, run_pipeline
+from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH
 from task_vector_opt.cli.validation import validate
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
 from task_vector_opt.merging.moe import workspace as moe_model
 from task_vector_opt.merging.task_vector import build_task_vector
-from cli_checks import expect_usage_error, refuse_model_loads
+from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
 from test_moe import run_config as moe_run_config
 from tiny_models import make_model, make_moe_models, make_tokenizer, make_trio, save
 
@@ -32,9 +32,6 @@ DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 VOCAB = 272  # above the tiny tokenizer's 257 tokens
 FLAG_OF = {"target": "--target_model", "base": "--base_model", "tuned": "--tuned_model"}
 
-
-def jglue_run(argv):
-    run_pipeline(JGLUE, argv)
 
 
 
@@ -94,7 +91,7 @@ def test_truncated_or_non_safetensors_weight_file_is_one_line_naming_file_and_fl
         trio, tmp_path, capsys, monkeypatch, role, damage, words):
     refuse_model_loads(monkeypatch, engine)
     damage(weights_file(trio[role]))
-    expect_usage_error(jglue_run, jglue_argv(trio, tmp_path), capsys, FLAG_OF[role], str(weights_file(trio[role])),
+    expect_usage_error(jglue_in_process, jglue_argv(trio, tmp_path), capsys, FLAG_OF[role], str(weights_file(trio[role])),
                        words)
 
 
@@ -129,7 +126,7 @@ def test_non_finite_weight_in_target_base_or_tuned_is_refused_naming_model_and_t
 def test_nan_in_tuned_weights_exits_2_through_the_script(trio, tmp_path, capsys):
     edit_tensor(trio["tuned"], "model.norm.weight", set_first(float("nan")))
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(jglue_run, jglue_argv(trio, tmp_path))
+        run_cli(jglue_in_process, jglue_argv(trio, tmp_path))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err  # the loading progress bars share stderr; the error is its last line
     assert err.count("error: ") == 1

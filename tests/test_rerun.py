@@ -13,8 +13,8 @@ import pytest
 from task_vector_opt.merging.moe import workspace as moe_workspace
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
-from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH_MOE_2, run_pipeline
-from cli_checks import expect_usage_error, refuse_model_loads
+from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, run_pipeline
+from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
 from hub_server import HubServer
 from judge_server import JudgeServer
 from mini_bench import write_mini_bench
@@ -24,9 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 MOE_VOCAB = 272  # the tiny tokenizer has 257 tokens
 
-
-def jglue_run(argv):
-    run_pipeline(JGLUE, argv)
 
 
 
@@ -70,7 +67,7 @@ def test_rerunning_a_finished_saved_command_exits_0_without_a_trial_a_model_load
     saved_before = snapshot(finished_jglue["out"])
     trials_before = len(trials_in(finished_jglue["run_dir"]))
 
-    run_cli(jglue_run, finished_jglue["argv"] + changes)  # returns: exit code 0 (run_cli exits only on errors)
+    run_cli(jglue_in_process, finished_jglue["argv"] + changes)  # returns: exit code 0 (run_cli exits only on errors)
 
     out = capsys.readouterr().out
     assert "nothing to do" in out and str(finished_jglue["out"]) in out, out
@@ -120,14 +117,14 @@ RECIPE_EDITS = {
 def test_an_output_dir_holding_another_save_is_still_refused(finished_jglue, monkeypatch, capsys, edit):
     refuse_model_loads(monkeypatch, engine)
     other = _copy_with_recipe(finished_jglue, edit.replace(" ", "_"), RECIPE_EDITS[edit])
-    expect_usage_error(jglue_run, finished_jglue["argv"] + ["--output_dir", str(other)], capsys, "--output_dir",
+    expect_usage_error(jglue_in_process, finished_jglue["argv"] + ["--output_dir", str(other)], capsys, "--output_dir",
                        "not empty", "--overwrite_output_dir")
 
 
 def test_the_saved_model_of_a_study_asked_for_more_trials_is_refused(finished_jglue, monkeypatch, capsys):
     # The study would go on to 4 trials and might find a better model: the save is not this command's result.
     refuse_model_loads(monkeypatch, engine)
-    expect_usage_error(jglue_run, finished_jglue["argv"] + ["--n_trials", "4"], capsys, "--output_dir",
+    expect_usage_error(jglue_in_process, finished_jglue["argv"] + ["--n_trials", "4"], capsys, "--output_dir",
                        "not empty")
 
 

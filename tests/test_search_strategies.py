@@ -14,23 +14,19 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from task_vector_opt import engine
-from task_vector_opt.cli.pipelines import JGLUE, run_pipeline
 from task_vector_opt.merging.grouping import group_names, profile_weights
 from task_vector_opt.merging.merger import Merger
 from task_vector_opt.merging.task_vector import build_task_vector
 from task_vector_opt.search.samplers import SAMPLERS, cma_start, make_sampler
 from task_vector_opt.search.space import search_space
 from task_vector_opt.search.study import FINISHED
-from cli_checks import expect_usage_error, refuse_model_loads
+from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
 from tiny_models import make_trio
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 LAYERS = 5
 
-
-def jglue_main(argv):
-    run_pipeline(JGLUE, argv)
 
 
 
@@ -65,7 +61,7 @@ def load_study(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["random", "GP", "CMA-ES", "TPE-multivariate"])
 def test_each_sampler_runs_a_search_end_to_end_and_saves_the_best(trio, tmp_path, sampler, capsys):
-    jglue_main(argv(trio, tmp_path, 4, "--optuna_sampler", sampler, "--optimize_mode", "parameter"))
+    jglue_in_process(argv(trio, tmp_path, 4, "--optuna_sampler", sampler, "--optimize_mode", "parameter"))
     study = load_study(tmp_path)
     trials = study.get_trials(states=FINISHED)
     assert len(trials) == 4
@@ -158,14 +154,14 @@ def test_profile_mode_searches_knots_and_saves_the_interpolated_layer_weights(tr
 def test_the_dry_run_plan_counts_the_knots_and_the_non_layer_weights(trio, tmp_path, capsys, no_loads):
     from task_vector_opt.cli.flags import run_cli
 
-    run_cli(jglue_main, argv(trio, tmp_path, 3, "--optimize_mode", "profile", "--profile_knots", "2", "--dry_run"))
+    run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--optimize_mode", "profile", "--profile_knots", "2", "--dry_run"))
     plan = json.loads(capsys.readouterr().out)
     assert plan["optimize_mode"] == "profile" and plan["weights"] == 2 + 3  # knots + embed_tokens, norm, lm_head
 
 
 def test_a_profile_study_resumes_with_the_same_knots_and_no_repeated_proposal(trio, tmp_path):
-    jglue_main(argv(trio, tmp_path, 3, "--optimize_mode", "profile", "--profile_knots", "2"))
-    jglue_main(argv(trio, tmp_path, 5, "--optimize_mode", "profile", "--profile_knots", "2", "--study_name",
+    jglue_in_process(argv(trio, tmp_path, 3, "--optimize_mode", "profile", "--profile_knots", "2"))
+    jglue_in_process(argv(trio, tmp_path, 5, "--optimize_mode", "profile", "--profile_knots", "2", "--study_name",
                     load_study(tmp_path).study_name, "--output_dir", str(tmp_path / "out2")))
     trials = load_study(tmp_path).get_trials(states=FINISHED)
     assert len(trials) == 5 and all(set(t.params) == {"knot_0", "knot_1", "embed_tokens", "norm", "lm_head"}
@@ -177,9 +173,9 @@ def test_two_workers_share_a_cma_es_profile_study_and_finalize_saves_its_best(tr
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     shared = ["--optimize_mode", "profile", "--profile_knots", "2", "--optuna_sampler", "CMA-ES", "--storage", storage,
               "--study_name", "shared"]
-    jglue_main(argv(trio, tmp_path, 3, *shared, "--search_only"))
-    jglue_main(argv(trio, tmp_path, 5, *shared, "--search_only"))  # joins the study: the seed is shifted
-    jglue_main(argv(trio, tmp_path, 5, *shared, "--finalize"))
+    jglue_in_process(argv(trio, tmp_path, 3, *shared, "--search_only"))
+    jglue_in_process(argv(trio, tmp_path, 5, *shared, "--search_only"))  # joins the study: the seed is shifted
+    jglue_in_process(argv(trio, tmp_path, 5, *shared, "--finalize"))
     study = optuna.load_study(study_name="shared", storage=storage)
     trials = study.get_trials(states=FINISHED)
     assert len(trials) == 5 and len({tuple(sorted(t.params.items())) for t in trials}) == 5
@@ -194,7 +190,7 @@ def test_pruned_trials_are_recorded_as_pruned_with_the_items_they_cost(trio, tmp
     # A pruner that stops every trial it may (baselines always run to the end): the run's own wiring decides.
     monkeypatch.setattr("task_vector_opt.evaluation.jglue.make_pruner",
                         lambda name: optuna.pruners.ThresholdPruner(lower=2.0))
-    jglue_main(argv(trio, tmp_path, 4, "--prune", "--pruner", "median", "--jglue_chunks", "4"))
+    jglue_in_process(argv(trio, tmp_path, 4, "--prune", "--pruner", "median", "--jglue_chunks", "4"))
     study = load_study(tmp_path)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
@@ -223,7 +219,7 @@ def test_with_prune_the_search_reports_after_each_chunk_of_interleaved_documents
         return real(**kwargs)
 
     monkeypatch.setattr(lm_eval.evaluator, "evaluate", spy)
-    jglue_main(argv(trio, tmp_path, 3, "--prune", "--jglue_chunks", "3", "--holdout_top_k", "1"))
+    jglue_in_process(argv(trio, tmp_path, 3, "--prune", "--jglue_chunks", "3", "--holdout_top_k", "1"))
     study = load_study(tmp_path)
     assert seen[:3] == [[0, 3, 6], [1, 4, 7], [2, 5]]  # chunk k: every third document from the k-th
     assert all(list(t.intermediate_values) == [0, 1] for t in study.trials)  # none after the last chunk
@@ -247,4 +243,4 @@ def no_loads(monkeypatch):
 ])
 def test_bad_search_settings_are_one_line_exit_2_before_loading(trio, tmp_path, capsys, no_loads, extra, flag,
                                                                 fragment):
-    expect_usage_error(jglue_main, argv(trio, tmp_path, 3, *extra), capsys, flag, fragment)
+    expect_usage_error(jglue_in_process, argv(trio, tmp_path, 3, *extra), capsys, flag, fragment)

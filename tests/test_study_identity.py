@@ -20,16 +20,13 @@ from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.cli.flags import parse_namespace
 from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH_MOE_2, run_pipeline
 from task_vector_opt.cli.validation import validate
-from cli_checks import refuse_model_loads
+from cli_checks import jglue_in_process, refuse_model_loads
 from mini_bench import write_mini_bench
 from tiny_models import make_model, make_trio, save
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 
-
-def jglue_run(argv):
-    run_pipeline(JGLUE, argv)
 
 
 
@@ -120,7 +117,7 @@ def jglue_study(models, tmp_path_factory):
     """The study name of the plain JGLUE command (computed once)."""
     plan = io.StringIO()
     with contextlib.redirect_stdout(plan):  # capsys is per test
-        run_cli(jglue_run, jglue_argv(models, tmp_path_factory.mktemp("jglue_base")) + ["--dry_run"])
+        run_cli(jglue_in_process, jglue_argv(models, tmp_path_factory.mktemp("jglue_base")) + ["--dry_run"])
     return json.loads(plan.getvalue())["study"]
 
 
@@ -129,13 +126,13 @@ def test_a_flag_outside_the_identity_keeps_the_jglue_study(models, tmp_path, cap
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # --push_to_hub needs one; nothing is uploaded
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     changed = jglue_argv(models, tmp_path) + filled(JGLUE_FLAGS_OUTSIDE[flag], tmp_path)
-    assert study_of(jglue_run, changed, capsys) == jglue_study
+    assert study_of(jglue_in_process, changed, capsys) == jglue_study
 
 
 @pytest.mark.parametrize("flag", JGLUE_FLAGS_INSIDE, ids=list(JGLUE_FLAGS_INSIDE))
 def test_a_flag_of_the_identity_starts_another_jglue_study(models, tmp_path, capsys, jglue_study, flag):
     change = [a.replace("{target2}", str(models["target2"])) for a in JGLUE_FLAGS_INSIDE[flag]]
-    assert study_of(jglue_run, jglue_argv(models, tmp_path) + change, capsys) != jglue_study
+    assert study_of(jglue_in_process, jglue_argv(models, tmp_path) + change, capsys) != jglue_study
 
 
 def test_finalize_finds_the_study_the_search_made(models, tmp_path, capsys, jglue_study):
@@ -144,7 +141,7 @@ def test_finalize_finds_the_study_the_search_made(models, tmp_path, capsys, jglu
     study = optuna.create_study(study_name=jglue_study, storage=storage, direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
     argv = jglue_argv(models, tmp_path) + ["--storage", storage, "--finalize", "--batch_size", "2"]
-    assert study_of(jglue_run, argv, capsys) == jglue_study
+    assert study_of(jglue_in_process, argv, capsys) == jglue_study
 
 
 MOE_FLAGS_OUTSIDE = {
@@ -252,7 +249,7 @@ def test_a_new_study_beside_one_of_the_same_models_names_the_inputs_that_differ(
     argv = [a for a in jglue_argv(models, cwd) if a not in ("--run_dir", str(cwd / "run"))]
     argv[argv.index("--output_dir") + 1] = str(cwd / "out_seed7")
     with caplog.at_level(logging.WARNING):
-        study_of(jglue_run, argv + ["--optuna_seed", "7", "--weight_max", "3", "--batch_size", "2"], capsys)
+        study_of(jglue_in_process, argv + ["--optuna_seed", "7", "--weight_max", "3", "--batch_size", "2"], capsys)
     notes = [r.getMessage() for r in caplog.records if "a study for the same models exists" in r.getMessage()]
     assert len(notes) == 1, caplog.text
     assert f"({finished_in_runs['study']})" in notes[0]
@@ -261,8 +258,8 @@ def test_a_new_study_beside_one_of_the_same_models_names_the_inputs_that_differ(
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # other models: not the same experiment, nothing to say
-        study_of(jglue_run, argv + ["--tuned_model", str(models["target2"])], capsys)
-        study_of(jglue_run, argv + ["--batch_size", "2"], capsys)  # resumes its own study: nothing to say
+        study_of(jglue_in_process, argv + ["--tuned_model", str(models["target2"])], capsys)
+        study_of(jglue_in_process, argv + ["--batch_size", "2"], capsys)  # resumes its own study: nothing to say
     assert "a study for the same models" not in caplog.text
 
 
@@ -278,6 +275,6 @@ def test_a_study_made_before_the_identity_rule_is_named_with_the_flag_that_resum
                               direction="maximize")
     old.set_user_attr("inputs", config.recipe_inputs())
     with caplog.at_level(logging.WARNING):
-        study_of(jglue_run, argv + ["--batch_size", "16"], capsys)
+        study_of(jglue_in_process, argv + ["--batch_size", "16"], capsys)
     assert "exists under another name (jglue-layer-791a752ffd); pass --study_name jglue-layer-791a752ffd" in \
         caplog.text
