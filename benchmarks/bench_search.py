@@ -14,8 +14,10 @@ It prints, in order:
   3. a table per strategy and budget: held-out mean +- sd over seeds, items scored, wall time.
 
 A budget is counted in trial-equivalents: one full search evaluation (every search document once). The two
-baseline trials count; a pruned trial counts the share of the documents it scored. A run stops at the first
-trial that reaches its budget. The model is loaded once; every run gets its own in-memory study.
+baseline trials count; a pruned trial counts the share of the documents it scored. A run with budget B stops at
+the first trial that reaches B. Proposals never depend on the budget, so each (strategy, seed) is searched once
+to the largest budget and every smaller budget is read off that run's first trials: exactly the run a smaller
+budget would have made. The model is loaded once; every run gets its own in-memory study.
 """
 from __future__ import annotations
 
@@ -87,6 +89,7 @@ def jglue_flags(models: dict[str, Path], args: argparse.Namespace, run_dir: Path
             "--jglue_holdout_limit", str(args.holdout_limit), "--batch_size", args.batch_size,
             # float32: the fine-tunes' deltas are small; --skip_embed: the fine-tunes froze the tied embedding
             "--dtype", "float32", "--device", "cpu", "--skip_embed", "--log_level", "WARNING",
+            "--optimize_mode", "layer",  # the merger's groups; each strategy builds its own space over them
             "--output_dir", str(run_dir / "unused"), "--run_dir", str(run_dir)]
 
 
@@ -148,10 +151,24 @@ def interference(bed: Testbed) -> dict:
     return out
 
 
-def run_one(bed: Testbed, name: str, seed: int, budget: float) -> dict:
+def budget_prefix(trials: list, full_items: int, budget: float) -> list:
+    """The trials a run with this budget would have made: up to the first whose cumulative items reach it.
+
+    A sampler's proposals depend only on the trials before them, never on the budget, so one run to the largest
+    budget holds every smaller budget's run as a prefix (same seed, same proposals, same scores)."""
+    spent = 0
+    for index, trial in enumerate(trials):
+        spent += trial.user_attrs.get("items_scored", 0)
+        if spent >= budget * full_items - 1e-9:
+            return trials[: index + 1]
+    return list(trials)
+
+
+def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[dict]:
+    """One search to the largest budget; one row per budget, from that budget's prefix of the trials."""
     import optuna
 
-    from task_vector_opt.engine import holdout_candidates, label_of
+    from task_vector_opt.engine import label_of
     from task_vector_opt.search.samplers import make_sampler
     from task_vector_opt.search.space import search_space
     from task_vector_opt.search.study import FINISHED, make_objective, open_study
@@ -161,11 +178,12 @@ def run_one(bed: Testbed, name: str, seed: int, budget: float) -> dict:
     space = search_space(bed.ws.group_order, strategy.mode, strategy.knots)
     evaluator = bed.evaluator(strategy.pruner)
     full = bed.full_items
+    largest = max(budgets)
 
     def sampler(s: int):
         return make_sampler(strategy.sampler, s, space.params, 0.0, 2.0)
 
-    study = open_study(optuna.storages.InMemoryStorage(), f"{name}-{seed}-{budget}", sampler, seed,
+    study = open_study(optuna.storages.InMemoryStorage(), f"{name}-{seed}", sampler, seed,
                        evaluator.pruner, space.params)
 
     def score(weights, trial):
@@ -173,35 +191,43 @@ def run_one(bed: Testbed, name: str, seed: int, budget: float) -> dict:
         result = evaluator.score(bed.ws.model, bed.ws.tokenizer, trial)
         return result.value, {**result.details, "items_scored": result.items_scored}
 
-    def spent(study_: optuna.Study) -> float:
-        trials = study_.get_trials(deepcopy=False, states=FINISHED)
-        return sum(t.user_attrs.get("items_scored", 0) for t in trials) / full
+    started = time.perf_counter()
+    finished_at: dict[int, float] = {}  # trial number -> wall seconds since the search started
 
-    def stop_at_budget(study_: optuna.Study, _trial) -> None:
-        if spent(study_) >= budget - 1e-9:
+    def record(study_: optuna.Study, trial) -> None:
+        finished_at[trial.number] = time.perf_counter() - started
+        done = study_.get_trials(deepcopy=False, states=FINISHED)
+        if sum(t.user_attrs.get("items_scored", 0) for t in done) >= largest * full - 1e-9:
             study_.stop()
 
-    started = time.perf_counter()
     study.optimize(make_objective(space.params, 0.0, 2.0, score, space.weights if space.is_profile else None),
-                   n_trials=int(budget * 100), callbacks=[stop_at_budget], catch=(Exception,))
-    search_s = time.perf_counter() - started
-    candidates = holdout_candidates(study, space, 1)
-    best_weights = space.weights(study.best_trial.params)
-    best_label = label_of(candidates, best_weights)
-    held = {label: bed.holdout(weights) for label, weights in candidates.items()}
-    verdict = holdout_verdict({label: s.item_values for label, s in held.items()}, best_label)
-    trials = study.get_trials(deepcopy=False)
-    return {
-        "strategy": name, "seed": seed, "budget": budget, "trial_equivalents": round(spent(study), 3),
-        "items_scored": sum(t.user_attrs.get("items_scored", 0) for t in trials if t.state in FINISHED),
-        "trials": len(trials), "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
-        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
-        "best_trial": study.best_trial.number, "best_search": study.best_value,
-        "holdout_best": held[best_label].value, "holdout_details": held[best_label].details,
-        "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
-        "vs_w1": verdict.get("vs w=1"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
-        "search_wall_s": round(search_s, 1), "wall_s": round(time.perf_counter() - started, 1),
-    }
+                   n_trials=int(largest * 100), callbacks=[record], catch=(Exception,))
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED or t.state.name == "FAIL"]
+    rows = []
+    for budget in budgets:
+        prefix = budget_prefix(trials, full, budget)
+        complete = [t for t in prefix if t.state == optuna.trial.TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value)
+        best_weights = space.weights(best.params)
+        candidates = {"w=0": dict.fromkeys(space.groups, 0.0), "w=1": dict.fromkeys(space.groups, 1.0)}
+        if best_weights not in candidates.values():
+            candidates[f"trial {best.number}"] = best_weights
+        best_label = label_of(candidates, best_weights)
+        held = {label: bed.holdout(weights) for label, weights in candidates.items()}
+        verdict = holdout_verdict({label: s.item_values for label, s in held.items()}, best_label)
+        items = sum(t.user_attrs.get("items_scored", 0) for t in prefix)
+        rows.append({
+            "strategy": name, "seed": seed, "budget": budget, "trial_equivalents": round(items / full, 3),
+            "items_scored": items, "trials": len(prefix),
+            "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in prefix),
+            "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in prefix),
+            "best_trial": best.number, "best_search": best.value, "best_weights": best_weights,
+            "holdout_best": held[best_label].value, "holdout_details": held[best_label].details,
+            "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
+            "vs_w1": verdict.get("vs w=1"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
+            "wall_s": round(finished_at.get(prefix[-1].number, time.perf_counter() - started), 1),
+        })
+    return rows
 
 
 def table(rows: list[dict]) -> str:
@@ -241,10 +267,9 @@ def main(argv=None) -> None:
     rows = []
     out = open(args.out, "a", encoding="utf-8") if args.out else None
     try:
-        for budget in budgets:
-            for name in strategies:
-                for seed in seeds:
-                    row = run_one(bed, name, seed, budget)
+        for name in strategies:
+            for seed in seeds:
+                for row in run_one(bed, name, seed, budgets):
                     rows.append(row)
                     line = json.dumps(row)
                     print(line, flush=True)

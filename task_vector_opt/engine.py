@@ -47,6 +47,7 @@ class RunResult:
     best_weights: dict[str, float]  # per merger group (profile mode: the interpolated layer weights)
     best_params: dict[str, float] = field(default_factory=dict)  # what the sampler proposed (profile: knots)
     holdout: dict[str, float | None] = field(default_factory=dict)
+    holdout_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # per candidate: each task's score
     verdict: dict[str, Any] = field(default_factory=dict)  # paired held-out differences vs w=1 and w=0
     items_scored: int = 0  # search items scored over all finished trials (pruned ones count what they scored)
     search_baselines: dict[str, float] = field(default_factory=dict)
@@ -166,11 +167,16 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     candidates = holdout_candidates(study, space, config.holdout_top_k, ws.baseline_fixed())
     outcomes = score_holdout(ws.merger, evaluator, ws.model, ws.tokenizer, candidates)
     result.holdout = {label: outcome.value for label, outcome in outcomes.items()}
+    result.holdout_parts = {label: outcome.parts for label, outcome in outcomes.items() if outcome.parts}
     best_label = label_of(candidates, result.best_weights)
     if best_label in result.holdout:
         result.holdout["best"] = result.holdout[best_label]
+        if best_label in result.holdout_parts:
+            result.holdout_parts["best"] = result.holdout_parts[best_label]
         result.verdict = holdout_verdict({label: o.item_values for label, o in outcomes.items()}, best_label)
         study.set_user_attr("verdict", result.verdict)  # the report and a later `report` command show it
+    if result.holdout_parts:
+        study.set_user_attr("holdout_parts", result.holdout_parts)
     save_best(config, ws, study, result)
     return result
 
@@ -309,6 +315,7 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
         "best": {"trial": result.best_trial, "score": result.best_value},
         "baselines_search_score": result.search_baselines,
         "holdout_score": result.holdout,
+        **({"holdout_score_per_task": result.holdout_parts} if result.holdout_parts else {}),
         "holdout_verdict": result.verdict,
         "items_scored": result.items_scored,
         "tensors": n_tensors,
@@ -330,15 +337,28 @@ def formula(config: RunConfig) -> str:
 
 
 def summary_table(result: RunResult) -> str:
-    """The scores of w=0, w=1 and the best trial side by side: search and held-out."""
-    rows = [(label, value, result.holdout.get(label.split(" ", 1)[0]))
-            for label, value in sorted(result.search_baselines.items())]
-    rows.append((f"best (trial {result.best_trial})", result.best_value, result.holdout.get("best")))
+    """The scores of w=0, w=1 and the best trial side by side: search and held-out, and on held-out items each
+    task's score when several are weighed together (what the vector gains on one skill and costs on another)."""
+    rows = [(label, value, label.split(" ", 1)[0]) for label, value in sorted(result.search_baselines.items())]
+    rows.append((f"best (trial {result.best_trial})", result.best_value, "best"))
+    parts = list(dict.fromkeys(name for key in ("w=0", "w=1", "best")
+                               for name in result.holdout_parts.get(key, {})))
     width = max(len(r[0]) for r in rows)
-    lines = [f"  {'merge':<{width}}  {'search':>8}  {'held-out':>8}"]
-    for label, search, held in rows:
-        lines.append(f"  {label:<{width}}  {search:>8.4f}  {'' if held is None else f'{held:.4f}':>8}")
+    columns = [max(8, len(name)) for name in parts]
+    header = "".join(f"  {name:>{w}}" for name, w in zip(parts, columns))
+    lines = [f"  {'merge':<{width}}  {'search':>8}  {'held-out':>8}{header}"]
+    for label, search, key in rows:
+        held = result.holdout.get(key)
+        cells = "".join(f"  {_cell(result.holdout_parts.get(key, {}).get(name)):>{w}}"
+                        for name, w in zip(parts, columns))
+        lines.append(f"  {label:<{width}}  {search:>8.4f}  {_cell(held):>8}{cells}")
+    if parts:
+        lines.append(f"  ({', '.join(parts)}: each task's score on its held-out items)")
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def print_summary(result: RunResult) -> None:

@@ -20,13 +20,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_row_per_run(tmp_path, capsys,
-                                                                                        one_thread):
+def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_row_per_run_and_budget(
+        tmp_path, capsys, one_thread):
     import bench_search
 
     trio = make_trio(tmp_path / "trio", "llama", layers=4)
     out = tmp_path / "rows.jsonl"
-    bench_search.main(["--strategies", "random/layer,TPE/profile2+median", "--seeds", "0", "--budgets", "3",
+    bench_search.main(["--strategies", "random/layer,TPE/profile2+median", "--seeds", "0", "--budgets", "1.5,3",
                        "--search_limit", "4", "--holdout_limit", "4", "--chunks", "2", "--batch_size", "8",
                        "--out", str(out), "--target_model", str(trio["target"]), "--base_model", str(trio["base"]),
                        "--tuned_model", str(trio["tuned"])])
@@ -34,9 +34,25 @@ def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_ro
     interference = json.loads(next(line for line in printed.splitlines() if line.startswith('{"interference"')))
     assert set(interference["interference"]["w=0"]) == {"score", "demo_target", "demo_skill"}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["strategy"] for r in rows] == ["random/layer", "TPE/profile2+median"]
+    assert [(r["strategy"], r["budget"]) for r in rows] == [
+        ("random/layer", 1.5), ("random/layer", 3), ("TPE/profile2+median", 1.5), ("TPE/profile2+median", 3)]
     for row in rows:
-        assert 3 <= row["trial_equivalents"] < 4  # stops at the first trial that reaches the budget
+        # stops at the first trial that reaches the budget: the trial before it had not
+        assert row["budget"] <= row["trial_equivalents"] < row["budget"] + 1
         assert row["items_scored"] == round(row["trial_equivalents"] * 8)  # 4 search documents of each task
         assert row["vs_w1"]["n_items"] == 8  # paired over the 4 held-out documents of each task
+    for small, large in (rows[0:2], rows[2:4]):  # the smaller budget is the first trials of the same search
+        assert small["trials"] < large["trials"] and small["items_scored"] < large["items_scored"]
+        assert small["best_search"] <= large["best_search"]
     assert "random/layer" in printed.split("held-out (both skills")[1]
+
+
+def test_a_budget_is_the_prefix_of_trials_up_to_the_first_that_reaches_it():
+    from types import SimpleNamespace
+
+    import bench_search
+
+    trials = [SimpleNamespace(number=i, user_attrs={"items_scored": n}) for i, n in enumerate([8, 8, 2, 4, 8, 8])]
+    assert [t.number for t in bench_search.budget_prefix(trials, 8, 2)] == [0, 1]
+    assert [t.number for t in bench_search.budget_prefix(trials, 8, 2.5)] == [0, 1, 2, 3]  # 22 items >= 20
+    assert [t.number for t in bench_search.budget_prefix(trials, 8, 10)] == [0, 1, 2, 3, 4, 5]  # never reached

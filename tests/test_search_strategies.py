@@ -226,6 +226,28 @@ def test_with_prune_the_search_reports_after_each_chunk_of_interleaved_documents
     assert [8, 9, 10, 11, 12, 13, 14, 15] in seen  # the holdout: one call, never chunked
 
 
+# ------------------------------------------------------------------------------------------------ both skills
+
+def test_with_two_tasks_summary_recipe_and_report_show_each_tasks_held_out_score(trio, tmp_path, capsys):
+    run = argv(trio, tmp_path, 3)
+    run[run.index("demo_skill")] = "demo_target:0.5,demo_skill:0.5"
+    jglue_in_process(run)
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    parts = recipe["holdout_score_per_task"]
+    assert {"w=0", "w=1", "best"} <= set(parts)
+    for label, tasks in parts.items():
+        assert set(tasks) == {"demo_target", "demo_skill"}
+        # the held-out score is the equal-weight mean of the two tasks' scores
+        assert recipe["holdout_score"][label] == pytest.approx((tasks["demo_target"] + tasks["demo_skill"]) / 2)
+    table = capsys.readouterr().out.split("=== task vector optimization finished ===")[1]
+    header = next(line for line in table.splitlines() if "held-out" in line and "merge" in line)
+    assert header.split()[-2:] == ["demo_target", "demo_skill"]
+    w0_row = next(line for line in table.splitlines() if line.strip().startswith("w=0"))
+    assert w0_row.split()[-2:] == [f"{parts['w=0']['demo_target']:.4f}", f"{parts['w=0']['demo_skill']:.4f}"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "held-out demo_target" in report and f"{parts['best']['demo_skill']:.4f}" in report
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 @pytest.fixture
@@ -244,3 +266,40 @@ def no_loads(monkeypatch):
 def test_bad_search_settings_are_one_line_exit_2_before_loading(trio, tmp_path, capsys, no_loads, extra, flag,
                                                                 fragment):
     expect_usage_error(jglue_in_process, argv(trio, tmp_path, 3, *extra), capsys, flag, fragment)
+
+
+# ------------------------------------------------------------------------------------------------ the default mode
+
+@pytest.mark.parametrize("extra, mode, knots", [
+    ([], "profile", 4),  # the default: one vector, task_arithmetic -> profile with 4 knots
+    (["--profile_knots", "2"], "profile", 2),
+    (["--merge_method", "ties"], "layer", 0),  # profile does not apply to a sparsifying merge
+    (["--optimize_mode", "layer"], "layer", 0),  # the original's value still works
+])
+def test_auto_mode_is_profile_where_it_applies_and_layer_elsewhere(trio, tmp_path, capsys, no_loads, extra, mode,
+                                                                  knots):
+    from task_vector_opt.cli.flags import run_cli
+
+    run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--dry_run", *extra))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["optimize_mode"] == mode
+    assert plan["weights"] == (knots + 3 if mode == "profile" else LAYERS + 3)  # + embed_tokens, norm, lm_head
+
+
+def test_auto_mode_gives_a_model_with_fewer_layers_than_the_default_knots_one_knot_per_layer(tmp_path, capsys,
+                                                                                           no_loads):
+    from task_vector_opt.cli.flags import run_cli
+
+    small = make_trio(tmp_path / "small", "llama", layers=2)
+    run_cli(jglue_in_process, argv(small, tmp_path, 3, "--dry_run"))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["optimize_mode"] == "profile" and plan["weights"] == 2 + 3
+
+
+def test_auto_mode_with_several_tuned_models_searches_layer_weights_per_vector(trio, tmp_path, capsys, no_loads):
+    from task_vector_opt.cli.flags import run_cli
+
+    run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--dry_run", "--tuned_model",
+                                   f"{trio['tuned']},{trio['target']}"))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["optimize_mode"] == "layer" and plan["task_vectors"] == 2

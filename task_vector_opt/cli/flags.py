@@ -104,12 +104,15 @@ MERGE_FLAGS = [
 ]
 
 SEARCH_FLAGS = [
-    Flag("--optimize_mode", "Granularity of the weights: 'all' (one per tensor), 'layer' (one per decoder layer + "
-         "embeddings, final norm, lm_head), 'parameter' (one per kind of tensor) or 'profile' (layer weights "
-         "interpolated along depth from --profile_knots knot weights; embeddings, final norm, lm_head keep their "
-         "own).", "layer", choices=("all", "layer", "parameter", "profile")),
-    Flag("--profile_knots", "Knot weights of --optimize_mode profile, spread evenly from the first decoder layer "
-         "to the last (1 = one weight for every layer; at most the number of layers).", 4, type=int),
+    Flag("--optimize_mode", "Granularity of the weights: 'auto' (default: profile where it applies, i.e. one "
+         "--tuned_model under task_arithmetic outside the MoE scripts, layer elsewhere), 'all' (one per tensor), "
+         "'layer' (one per decoder layer + embeddings, final norm, lm_head), 'parameter' (one per kind of tensor) "
+         "or 'profile' (layer weights interpolated along depth from --profile_knots knot weights; embeddings, final "
+         "norm, lm_head keep their own). README: search benchmark, for why auto is the default.", "auto",
+         choices=("auto", "all", "layer", "parameter", "profile")),
+    Flag("--profile_knots", "Knot weights of profile mode, spread evenly from the first decoder layer to the last "
+         "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
+         "when the model has fewer.", None, type=int),
     Flag("--optuna_sampler", "Optuna sampler: TPE, CMA-ES (starts at w=1), random, GP (Gaussian process; needs "
          "scipy) or TPE-multivariate.", "TPE", type=normalize_sampler_name),
     Flag("--optuna_seed", "Seed for the sampler (same seed, same proposals).", 42, type=int),

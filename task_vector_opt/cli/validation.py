@@ -15,12 +15,15 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from task_vector_opt.search.samplers import SAMPLERS
 from task_vector_opt.cli.config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
 from task_vector_opt.errors import UsageError
-from task_vector_opt.merging.grouping import OPTIMIZE_MODES
+from task_vector_opt.merging.grouping import AUTO_MODE, OPTIMIZE_MODES
+
+if TYPE_CHECKING:
+    from task_vector_opt.merging.methods import MergeSettings
 
 log = logging.getLogger(__name__)
 
@@ -272,25 +275,48 @@ def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote
     return None
 
 
-def check_profile_knots(knots: int, targets: list[ModelSource], pipeline: str, cache_dir: str | None,
-                        trust_remote_code: bool) -> None:
-    """--profile_knots must be between 1 and the target's number of decoder layers (from config.json)."""
+DEFAULT_PROFILE_KNOTS = 4  # the default strategy's knots (benchmarks/bench_search.py; README: search benchmark)
+
+
+def profile_applies(pipeline: str, n_vectors: int, merge: MergeSettings) -> bool:
+    """Profile mode works for one task vector under task_arithmetic, outside the MoE scripts."""
+    return not pipeline.startswith("mt_bench_moe") and n_vectors == 1 and merge.is_plain
+
+
+def resolve_optimize_mode(requested: str, pipeline: str, n_vectors: int, merge: MergeSettings) -> str:
+    """--optimize_mode auto (the default): profile where it applies, layer elsewhere."""
+    if requested != AUTO_MODE:
+        return requested
+    mode = "profile" if profile_applies(pipeline, n_vectors, merge) else "layer"
+    log.info("--optimize_mode auto: %s%s", mode, "" if mode == "profile" else
+             " (profile needs one --tuned_model under task_arithmetic, outside the MoE scripts)")
+    return mode
+
+
+def profile_knot_count(knots: int | None, targets: list[ModelSource], pipeline: str, cache_dir: str | None,
+                       trust_remote_code: bool) -> int:
+    """The knots of profile mode: --profile_knots, between 1 and the target's number of decoder layers (from
+    config.json), or by default DEFAULT_PROFILE_KNOTS (the number of layers when the model has fewer)."""
     if pipeline.startswith("mt_bench_moe"):
         raise UsageError("--optimize_mode", "profile is not available for the MoE scripts yet; use layer, all or "
                                             "parameter")
-    if knots < 1:
+    if knots is not None and knots < 1:
         raise UsageError("--profile_knots", f"must be at least 1 (got {knots}); 1 gives one weight for every layer")
     layers = decoder_layer_count(targets[0], cache_dir, trust_remote_code)
+    if knots is None:
+        return DEFAULT_PROFILE_KNOTS if layers is None else min(DEFAULT_PROFILE_KNOTS, layers)
     if layers is not None and knots > layers:
         raise UsageError("--profile_knots", f"{knots} knots for {targets[0].name_or_path!r}, which has {layers} decoder "
                                             f"layers; give at most {layers}")
+    return knots
 
 
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
                  extra: dict[str, Any] | None = None, dtype: str | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
-    if args.optimize_mode not in OPTIMIZE_MODES:
-        raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose {', '.join(OPTIMIZE_MODES)}")
+    if args.optimize_mode not in (AUTO_MODE, *OPTIMIZE_MODES):
+        raise UsageError("--optimize_mode", f"unknown mode {args.optimize_mode!r}; choose "
+                                            f"{', '.join((AUTO_MODE, *OPTIMIZE_MODES))}")
     if args.optuna_sampler not in SAMPLERS:
         raise UsageError("--optuna_sampler", f"unknown sampler {args.optuna_sampler!r}; choose one of "
                                              f"{', '.join(SAMPLERS)}")
@@ -312,12 +338,14 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
     for source in tuned_models:
         check_tuned_matches_base(source, ModelSource("--base_model", args.base_model))
     merge = merge_settings_from_args(args)
-    if args.optimize_mode == "profile":
+    optimize_mode = resolve_optimize_mode(args.optimize_mode, pipeline, len(tuned_models), merge)
+    knots = 0
+    if optimize_mode == "profile":
         if len(tuned_models) > 1 or not merge.is_plain:
             raise UsageError("--optimize_mode", "profile works with one --tuned_model under task_arithmetic for now; "
                                                 "use layer (one weight per vector and layer) with several vectors or "
                                                 "--merge_method " + merge.method)
-        check_profile_knots(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
+        knots = profile_knot_count(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)
     device = resolve_device(args.device)
@@ -336,8 +364,8 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         skip_embed=args.skip_embed,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
-        optimize_mode=args.optimize_mode,
-        profile_knots=args.profile_knots if args.optimize_mode == "profile" else 0,
+        optimize_mode=optimize_mode,
+        profile_knots=knots,
         sampler=args.optuna_sampler,
         seed=args.optuna_seed,
         n_trials=args.n_trials,

@@ -1,6 +1,12 @@
-"""The offline demo: prepare SmolLM2 base / tuned / target, then run the JGLUE-style optimizer on demo_skill.
+"""The offline demo: prepare SmolLM2 base / tuned / target, then run the JGLUE-style optimizer on both skills.
 
     python -m task_vector_opt.demo [extra flags for merge_task_vector_jglue.py]
+
+The demo is the search benchmark's testbed (benchmarks/bench_search.py): the target's own skill (demo_target,
+Japanese-prompt addition) and the tuned model's skill (demo_skill, word codes) are scored together, and plain
+addition (w=1) costs the target part of its own skill. The search runs with the tool's default strategy
+(sampler, optimize mode, trial count), so the demo shows what a user gets without choosing; the summary gives
+both skills on held-out items for w=0, w=1 and the best merge.
 
 Models are cached in $TVO_CACHE (default .cache/demo); outputs go to demo_output/: the merged model with its
 report (demo_output/model/report.html, optimization_history.png, best_weights.png) and model card (README.md).
@@ -24,9 +30,9 @@ def demo_argv(models: dict[str, Path], out: Path) -> list[str]:
     return [
         "--target_model", str(models["target"]), "--base_model", str(models["base"]),
         "--tuned_model", str(models["tuned"]),
-        "--task_search_path", str(ROOT / "lm-evaluation-harness" / "demo"), "--jglue_tasks", "demo_skill",
-        "--jglue_limit", "100", "--jglue_holdout_limit", "200",
-        "--optimize_mode", "layer", "--n_trials", "20", "--optuna_sampler", "TPE", "--optuna_seed", "42",
+        "--task_search_path", str(ROOT / "lm-evaluation-harness" / "demo"),
+        "--jglue_tasks", "demo_target:0.5,demo_skill:0.5", "--jglue_limit", "100,100",
+        "--jglue_holdout_limit", "200",
         # float32: the fine-tunes' deltas are small, bfloat16 would round part of them away
         "--dtype", "float32", "--device", "cpu", "--skip_embed",  # the demo fine-tunes froze the tied embedding
         "--batch_size", "32", "--output_dir", str(out / "model"), "--overwrite_output_dir",

@@ -359,7 +359,8 @@ class JGLUEEvaluator:
                                                  f"running score {running:.4f}")
         value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
         item_values = self._item_values([run for run, _ in runs], per_doc)
-        return Score(value=value, details=details, item_values=item_values, items_scored=items)
+        parts = dict(details) if len(runs) > 1 else {}
+        return Score(value=value, details=details, item_values=item_values, items_scored=items, parts=parts)
 
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
         """Search score: weighted mean of each task's primary metric on its search documents.

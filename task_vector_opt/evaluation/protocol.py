@@ -20,6 +20,9 @@ class Score:
     # verdict pairs them across merges; empty when the evaluator cannot split its score into items.
     item_values: dict[str, float] = field(default_factory=dict)
     items_scored: int = 0  # items this score cost (a pruned trial records its own count before it stops)
+    # The parts ``value`` weighs together when there are several (JGLUE: each task's metric), so the summary can
+    # show what a merge gains on one skill and costs on another; empty for a single part.
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):

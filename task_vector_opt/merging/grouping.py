@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 OPTIMIZE_MODES = ("all", "layer", "parameter", "profile")
+AUTO_MODE = "auto"  # --optimize_mode's default: profile where it applies, else layer (cli.validation)
 # profile mode: the merger's groups are layer mode's; the search proposes knot weights along depth instead
 LAYER_GROUP = re.compile(r"^layer_(?P<index>\d+)$")
 

@@ -43,6 +43,7 @@ class StudyView:
     best_weights: dict[str, float]  # per merge group; profile mode: the layer weights interpolated from the knots
     baselines: dict[str, float]  # "w=1 (plain task vector)" -> search score
     holdout: dict[str, float] = field(default_factory=dict)
+    holdout_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # "w=0"/"w=1"/"best" -> task -> score
     inputs: dict[str, Any] = field(default_factory=dict)
     n_pruned: int = 0
     n_failed: int = 0
@@ -84,6 +85,8 @@ def study_view(study: optuna.Study) -> StudyView:
                       if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "items_scored" in t.user_attrs],
         baselines={t.user_attrs["baseline"]: float(t.value) for t in complete if "baseline" in t.user_attrs},
         holdout={k: float(v) for k, v in (study.user_attrs.get("holdout") or {}).items() if v is not None},
+        holdout_parts={k: {n: float(x) for n, x in v.items()}
+                       for k, v in (study.user_attrs.get("holdout_parts") or {}).items()},
         inputs=dict(study.user_attrs.get("inputs") or {}),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
@@ -241,13 +244,21 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def score_rows(view: StudyView) -> list[tuple[str, float | None, float | None]]:
-    """(merge, search score, held-out score) for w=0, w=1 and the best trial."""
+def part_names(view: StudyView) -> list[str]:
+    """The tasks a held-out score weighs together (JGLUE with several tasks), in order; empty otherwise."""
+    return list(dict.fromkeys(name for parts in view.holdout_parts.values() for name in parts))
+
+
+def score_rows(view: StudyView) -> list[tuple[Any, ...]]:
+    """(merge, search score, held-out score, then each task's held-out score) for w=0, w=1 and the best trial."""
+    parts = part_names(view)
     rows = []
     for label in sorted(view.baselines, key=baseline_short):
         short = baseline_short(label)
-        rows.append((label, view.baselines[label], view.holdout.get(short)))
-    rows.append((f"best (trial {view.best_number})", view.best_value, view.holdout.get("best")))
+        rows.append((label, view.baselines[label], view.holdout.get(short),
+                     *(view.holdout_parts.get(short, {}).get(name) for name in parts)))
+    rows.append((f"best (trial {view.best_number})", view.best_value, view.holdout.get("best"),
+                 *(view.holdout_parts.get("best", {}).get(name) for name in parts)))
     return rows
 
 
@@ -326,7 +337,8 @@ th {{ background: #f3f3f3; }}
 <p>merged = target + w &times; (tuned &minus; base); {html.escape(setup)}.
 {len(view.values)} completed trials, {view.n_pruned} pruned, {view.n_failed} failed.</p>
 <h2>Sources</h2>{_table(("role", "model"), sources)}
-<h2>Scores</h2>{_table(("merge", "search score", "held-out score"), score_rows(view))}
+<h2>Scores</h2>{_table(("merge", "search score", "held-out score", *(f"held-out {name}" for name in part_names(view))),
+                       score_rows(view))}
 {verdict_html(view)}
 {items_html(view)}
 {''.join(sections)}
