@@ -9,7 +9,8 @@ rem TUNED_MODEL: several models, comma-separated, give one task vector each
 set TUNED_MODEL=mistralai/Mistral-7B-Instruct-v0.2
 rem MERGE_METHOD: task_arithmetic, ties, dare_linear or dare_ties
 set MERGE_METHOD=task_arithmetic
-set OPTIMIZE_MODE=layer
+rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, all or parameter
+set OPTIMIZE_MODE=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
 set OPTUNA_SAMPLER=TPE

@@ -8,7 +8,7 @@ TARGET_MODEL="NTQAI/chatntq-ja-7b-v1.0"             # model that receives the ta
 BASE_MODEL="mistralai/Mistral-7B-v0.1"              # task vector = TUNED_MODEL - BASE_MODEL
 TUNED_MODEL="mistralai/Mistral-7B-Instruct-v0.2"  # several: comma-separated, one task vector each
 MERGE_METHOD="task_arithmetic"                      # task_arithmetic | ties | dare_linear | dare_ties
-OPTIMIZE_MODE="layer"                               # all | layer | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
 N_TRIALS=30
 CACHE_DIR="./models"
 OPTUNA_SAMPLER="TPE"                                # TPE | CMA-ES

@@ -17,7 +17,8 @@ rem empty = the config's gate_mode; or hidden, cheap_embed, random
 set GATE_MODE=
 set BENCH_NAME=example
 set JUDGE_MODEL_NAME=gpt-4
-set OPTIMIZE_MODE=layer
+rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, all or parameter
+set OPTIMIZE_MODE=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
 set JUDGE_FILE=FastChat\fastchat\llm_judge\data\judge_prompts.jsonl

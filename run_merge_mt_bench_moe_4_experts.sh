@@ -16,7 +16,7 @@ MOE_CONFIG="moe_configs/example_4_experts.yaml"     # mergekit-moe YAML (prompts
 GATE_MODE=""                                        # "" = the config's; or hidden | cheap_embed | random
 BENCH_NAME="example"                                # FastChat/fastchat/llm_judge/data/<BENCH_NAME>/question.jsonl
 JUDGE_MODEL_NAME="gpt-4"                            # gpt-4o, claude-..., azure:<deployment>, hf:<model>, ...
-OPTIMIZE_MODE="layer"                               # all | layer | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
 N_TRIALS=30
 CACHE_DIR="./models"
 JUDGE_FILE="FastChat/fastchat/llm_judge/data/judge_prompts.jsonl"

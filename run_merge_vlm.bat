@@ -11,7 +11,8 @@ set VLM_BENCH_FILE=examples\vlm_bench\bench.jsonl
 set VLM_METRIC=rouge_l
 if not defined JUDGE_MODEL_NAME set JUDGE_MODEL_NAME=
 set MAX_NEW_TOKENS=256
-set OPTIMIZE_MODE=layer
+rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, all or parameter
+set OPTIMIZE_MODE=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
 set OPTUNA_SAMPLER=TPE

@@ -12,7 +12,7 @@ VLM_BENCH_FILE="examples/vlm_bench/bench.jsonl"     # JSONL: question, image (re
 VLM_METRIC="rouge_l"                                # rouge_l | judge
 JUDGE_MODEL_NAME="${JUDGE_MODEL_NAME:-}"            # with VLM_METRIC=judge: gpt-4o, claude-..., hf:<model>, ...
 MAX_NEW_TOKENS=256
-OPTIMIZE_MODE="layer"                               # all | layer | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
 N_TRIALS=30
 CACHE_DIR="./models"
 OPTUNA_SAMPLER="TPE"                                # TPE | CMA-ES
