@@ -96,7 +96,9 @@ def test_two_rouge_l_trials_through_the_launcher_save_the_scored_vlm(models, tmp
         assert trial.value == pytest.approx(statistics.fmean(row["score"] for row in rows))
     recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
     assert set(recipe["holdout_score"]) >= {"w=0", "w=1"}
-    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", study.best_params)
+    assert recipe["inputs"]["optimize_mode"] == "profile"  # the default (auto) for one language vector
+    # the recipe's weights per layer group (profile mode: interpolated from the knots the sampler proposed)
+    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", recipe["weights"])
 
 
 def test_two_judged_trials_through_the_launcher_use_our_rubric(models, tmp_path, judge_server):
@@ -122,4 +124,5 @@ def test_the_jglue_script_scores_a_vlm_target_on_text_and_saves_the_whole_vlm(mo
     assert done.returncode == 0, done.stderr[-3000:]
     study = study_of(tmp_path)
     assert len(study.get_trials(states=FINISHED)) == 2
-    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", study.best_params)
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", recipe["weights"])

@@ -148,3 +148,26 @@ def test_run_workers_script_runs_two_workers_on_a_journal_file_then_finalizes(tm
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["worker-0.log", "worker-1.log"]
     recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
     assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}
+
+
+OPEN_AT = """
+import sys, time
+from task_vector_opt.search.study import open_storage
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the new database at the same moment
+open_storage(sys.argv[1])
+"""
+
+
+def test_workers_that_create_a_new_sqlite_database_at_the_same_moment_all_open_it(tmp_path):
+    # The process that loses the race to create the tables finds one the winner has just made; it opens again.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'round{round_}' / 'study.db'}"
+        start = time.time() + 8  # after every interpreter has imported optuna
+        processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(start)], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-2000:]
+        assert optuna.get_all_study_names(url) == []  # one complete, empty database

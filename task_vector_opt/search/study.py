@@ -31,6 +31,8 @@ BASELINES = (("w=1 (plain task vector)", 1.0), ("w=0 (target unchanged)", 0.0))
 MAX_CONSECUTIVE_FAILURES = 5
 HEARTBEAT_SECONDS = 60
 MAX_RETRY = 2  # times a trial whose worker died is enqueued again
+CREATE_ATTEMPTS = 4  # opens of a new database another process is creating at the same moment
+CREATE_RACE_SIGNS = ("already exists", "alembic_version", "database is locked")
 
 
 def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -125,12 +127,22 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
-                heartbeat_stale_trial_callback=retry_callback(),
-            )
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
+                        heartbeat_stale_trial_callback=retry_callback(),
+                    )
+            except Exception as exc:
+                # Two processes creating a new database at once (workers started together, a dashboard opening
+                # it): the one that loses the race finds a table, or the schema version row, the other has just
+                # made. The database is complete a moment later, so opening again succeeds.
+                if not any(sign in str(exc) for sign in CREATE_RACE_SIGNS) or attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                log.debug("storage tables were being created by another process; opening again")
+                time.sleep(0.2 * (attempt + 1))
     except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs the URL and the reason
         reason = first_line(exc)
         raise UsageError("--storage", f"Optuna cannot open {redact(url)!r} ({reason}); give a sqlite:///path, "
