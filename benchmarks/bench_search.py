@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for role in ("target", "base", "tuned"):  # another trio instead of the testbed's (e.g. tiny models to smoke-test)
         parser.add_argument(f"--{role}_model", help=f"{role} model directory instead of the testbed's")
     parser.add_argument("--interference_only", action="store_true", help="print the testbed's interference and stop")
+    parser.add_argument("--uniform_weights", default="0,1",
+                        help="uniform weights whose held-out skills the interference line shows (must include 0 and 1)")
     return parser.parse_args(argv)
 
 
@@ -142,12 +144,13 @@ class Testbed:
         return self._holdout[key]
 
 
-def interference(bed: Testbed) -> dict:
+def interference(bed: Testbed, uniform_weights: list[float]) -> dict:
+    """Both skills on held-out documents for each uniform weight (w = 0: the target, w = 1: plain addition)."""
     groups = bed.ws.group_order
     out = {}
-    for label, value in (("w=0", 0.0), ("w=1", 1.0)):
+    for value in uniform_weights:
         score = bed.holdout(dict.fromkeys(groups, value))
-        out[label] = {"score": score.value, **score.details}
+        out[f"w={value:g}"] = {"score": score.value, **score.details}
     return out
 
 
@@ -254,13 +257,16 @@ def main(argv=None) -> None:
     strategies = ALL_STRATEGIES if args.strategies == "all" else [s for s in args.strategies.split(",") if s]
     for name in strategies:
         Strategy.parse(name)  # bad names fail before the models load
+    uniform = [float(w) for w in args.uniform_weights.split(",")]
+    if 0.0 not in uniform or 1.0 not in uniform:
+        raise SystemExit(f"--uniform_weights {args.uniform_weights!r}: include 0 and 1 (the target and plain addition)")
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
 
     started = time.perf_counter()
     bed = Testbed(args)
     print(f"# testbed ready in {time.perf_counter() - started:.0f}s: {bed.evaluator(None).describe()}", flush=True)
-    effect = interference(bed)
+    effect = interference(bed, uniform)
     print(json.dumps({"interference": effect}), flush=True)
     if args.interference_only:
         return

@@ -28,11 +28,13 @@ def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_ro
     out = tmp_path / "rows.jsonl"
     bench_search.main(["--strategies", "random/layer,TPE/profile2+median", "--seeds", "0", "--budgets", "1.5,3",
                        "--search_limit", "4", "--holdout_limit", "4", "--chunks", "2", "--batch_size", "8",
+                       "--uniform_weights", "0,0.5,1",
                        "--out", str(out), "--target_model", str(trio["target"]), "--base_model", str(trio["base"]),
                        "--tuned_model", str(trio["tuned"])])
     printed = capsys.readouterr().out
     interference = json.loads(next(line for line in printed.splitlines() if line.startswith('{"interference"')))
-    assert set(interference["interference"]["w=0"]) == {"score", "demo_target", "demo_skill"}
+    assert list(interference["interference"]) == ["w=0", "w=0.5", "w=1"]
+    assert set(interference["interference"]["w=0.5"]) == {"score", "demo_target", "demo_skill"}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["strategy"], r["budget"]) for r in rows] == [
         ("random/layer", 1.5), ("random/layer", 3), ("TPE/profile2+median", 1.5), ("TPE/profile2+median", 3)]
