@@ -23,7 +23,8 @@ set N_TRIALS=30
 set CACHE_DIR=.\models
 set JUDGE_FILE=FastChat\fastchat\llm_judge\data\judge_prompts.jsonl
 set PARALLEL=2
-set OPTUNA_SAMPLER=TPE
+rem OPTUNA_SAMPLER: CMA-ES, TPE (the original default), random, GP or TPE-multivariate
+set OPTUNA_SAMPLER=CMA-ES
 set WEIGHT_MIN=0
 set WEIGHT_MAX=2
 rem experts go to %OUTPUT_DIR%-1 ... -4

@@ -15,7 +15,8 @@ rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, 
 set OPTIMIZE_MODE=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
-set OPTUNA_SAMPLER=TPE
+rem OPTUNA_SAMPLER: CMA-ES, TPE (the original default), random, GP or TPE-multivariate
+set OPTUNA_SAMPLER=CMA-ES
 set WEIGHT_MIN=0
 set WEIGHT_MAX=2
 set OUTPUT_DIR=.\model-chatvector-vlm

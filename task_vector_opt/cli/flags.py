@@ -113,8 +113,10 @@ SEARCH_FLAGS = [
     Flag("--profile_knots", "Knot weights of profile mode, spread evenly from the first decoder layer to the last "
          "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
          "when the model has fewer.", None, type=int),
-    Flag("--optuna_sampler", "Optuna sampler: TPE, CMA-ES (starts at w=1), random, GP (Gaussian process; needs "
-         "scipy) or TPE-multivariate.", "TPE", type=normalize_sampler_name),
+    Flag("--optuna_sampler", "Optuna sampler: CMA-ES (the default; starts at w=1, plain addition, with a step of a "
+         "sixth of the weight range), TPE (the original default), random, GP (Gaussian process; needs scipy) or "
+         "TPE-multivariate. README: search benchmark, for why CMA-ES is the default.", "CMA-ES",
+         type=normalize_sampler_name),
     Flag("--optuna_seed", "Seed for the sampler (same seed, same proposals).", 42, type=int),
     Flag("--n_trials", "Number of completed trials the study should reach (baselines included).", 30, type=int),
     Flag("--weight_min", "Lowest weight searched (negative allowed).", 0.0, type=float),
