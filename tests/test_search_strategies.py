@@ -246,6 +246,11 @@ def test_with_two_tasks_summary_recipe_and_report_show_each_tasks_held_out_score
     assert w0_row.split()[-2:] == [f"{parts['w=0']['demo_target']:.4f}", f"{parts['w=0']['demo_skill']:.4f}"]
     report = (tmp_path / "out" / "report.html").read_text()
     assert "held-out demo_target" in report and f"{parts['best']['demo_skill']:.4f}" in report
+    card = (tmp_path / "out" / "README.md").read_text()  # the model card's score table has the same columns
+    header = next(line for line in card.splitlines() if line.startswith("| merge | search score"))
+    assert header.endswith("| held-out demo_target | held-out demo_skill |")
+    row = next(line for line in card.splitlines() if line.startswith("| w=0"))
+    assert row.endswith(f"| {parts['w=0']['demo_target']:.4f} | {parts['w=0']['demo_skill']:.4f} |")
 
 
 # ------------------------------------------------------------------------------------------------ bad input

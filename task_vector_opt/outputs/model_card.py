@@ -8,7 +8,7 @@ import yaml
 from huggingface_hub import ModelCardData
 
 from task_vector_opt.cli.config import is_hub_id
-from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, score_rows
+from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, part_names, score_rows
 
 TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]
 
@@ -100,7 +100,7 @@ def render_model_card(view: StudyView, recipe: dict[str, Any], mergekit_ok: bool
     sources += [[f"tuned {i} (added, vector v{i})" if len(tuned) > 1 else "tuned (added)", model]
                 for i, model in enumerate(tuned, 1)]
     merge = inputs.get("merge") or {"merge_method": "task_arithmetic"}
-    scores = [[label, search, held] for label, search, held in score_rows(view)]
+    scores = [list(row) for row in score_rows(view)]  # merge, search, held-out, then each task's held-out
     weights = [[group, w] for group, w in recipe.get("weights", view.best_weights).items()]
     evaluator = inputs.get("evaluator")
     mergekit_text = (
@@ -139,7 +139,7 @@ range [{inputs.get('weight_min', '')}, {inputs.get('weight_max', '')}]). Made wi
 Search score: the objective the weights were optimized on. Held-out score: items the search never saw
 (empty when the run had no holdout).
 
-{_md_table(["merge", "search score", "held-out score"], scores)}
+{_md_table(["merge", "search score", "held-out score", *(f"held-out {name}" for name in part_names(view))], scores)}
 {verdict_lines(recipe)}
 ![Optimization history]({HISTORY_PNG})
 
