@@ -221,7 +221,7 @@ def test_mt_bench_trial_whose_merge_gives_non_finite_logits_fails_with_the_reaso
     try:
         args = parse_namespace(MT_BENCH.command_line, [
             "--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
-            str(trio["tuned"]), "--dtype", "float32", "--device", "cpu", "--n_trials", "2", "--weight_max", "0.5",
+            str(trio["tuned"]), "--dtype", "float32", "--device", "cpu", "--n_trials", "2", "--weight_max", "0.5", "--optuna_sampler", "TPE",
             "--optimize_mode", "all", "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),
             "--bench_dir", str(tmp_path / "data"), "--bench_name", "mini",
             "--judge_file", str(tmp_path / "data" / "judge_prompts.jsonl"),
