@@ -103,7 +103,7 @@ JGLUE_FLAGS_INSIDE = {
     "--weight_max": ["--weight_max", "3"],
     "--dtype": ["--dtype", "bfloat16"],
     "--optimize_mode": ["--optimize_mode", "all"],
-    "--optuna_sampler": ["--optuna_sampler", "CMA-ES"],
+    "--optuna_sampler": ["--optuna_sampler", "TPE"],
     "--skip_embed": ["--skip_embed"],
     "--jglue_limit": ["--jglue_limit", "10"],
     "--jglue_num_fewshot": ["--jglue_num_fewshot", "1"],
