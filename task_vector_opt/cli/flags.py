@@ -247,6 +247,10 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
         sys.exit(1)
     except KeyboardInterrupt:
         logging.getLogger(__name__).warning("interrupted; completed trials are kept in the study storage")
+        # A storage connection the interrupt caught mid-query is reset when it is collected at exit; SQLAlchemy
+        # logs that reset's error with a traceback. The open transaction is rolled back either way (completed
+        # trials were committed before), so after Ctrl-C that message is noise.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
         sys.exit(130)
 
 
