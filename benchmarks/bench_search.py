@@ -205,7 +205,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
 
     study.optimize(make_objective(space.params, 0.0, 2.0, score, space.weights if space.is_profile else None),
                    n_trials=int(largest * 100), callbacks=[record], catch=(Exception,))
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED or t.state.name == "FAIL"]
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state in (*FINISHED, optuna.trial.TrialState.FAIL)]
     rows = []
     for budget in budgets:
         prefix = budget_prefix(trials, full, budget)
