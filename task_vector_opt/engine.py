@@ -30,6 +30,8 @@ from task_vector_opt.merging.task_vector import build_task_vector
 from task_vector_opt.errors import UsageError
 from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 from task_vector_opt.search.samplers import make_sampler
+from task_vector_opt.search.scale_first import (FACTOR_RANGE, ScaledSpace, ScaleStage, scale_first_sampler,
+                                                shape_distributions)
 from task_vector_opt.search.space import SearchSpace, search_space
 from task_vector_opt.search.verdict import holdout_verdict
 
@@ -151,13 +153,7 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     ws = prepare_workspace(config)
 
     space = space_of(config, ws)
-
-    def sampler(seed: int) -> optuna.samplers.BaseSampler:
-        return make_sampler(config.sampler, seed, space.params, config.weight_min, config.weight_max)
-
-    study = open_study(storage, config.study_name, sampler, config.seed, evaluator.pruner,
-                       space.params if config.baseline_trials and not config.finalize else None,
-                       ws.baseline_fixed())
+    study = open_search_study(config, storage, ws, evaluator, space)
     if not config.finalize:
         search(config, study, ws, evaluator, callbacks, space)
     if config.search_only:
@@ -181,18 +177,50 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     return result
 
 
-def space_of(config: RunConfig, ws: Workspace) -> SearchSpace:
-    """What the sampler proposes for this run's groups (profile mode: knots)."""
+def space_of(config: RunConfig, ws: Workspace) -> SearchSpace | ScaledSpace:
+    """What the sampler proposes for this run's groups (profile mode: knots; --scale_search: scales, then the
+    shape's parameters as factors)."""
     try:
-        return search_space(ws.group_order, config.optimize_mode, config.profile_knots)
+        shape = search_space(ws.group_order, config.optimize_mode, config.profile_knots)
     except ValueError as exc:  # validation checks config.json; this catches a model whose config did not say
         raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
+    if not config.scale_first:
+        return shape
+    return ScaledSpace(shape, len(config.tuned_models) or 1, config.weight_min, config.weight_max)
+
+
+def scale_stage_of(config: RunConfig, ws: Workspace, space: SearchSpace | ScaledSpace) -> ScaleStage | None:
+    if not isinstance(space, ScaledSpace):
+        return None
+    return ScaleStage(space, config.baseline_trials, ws.baseline_fixed())
+
+
+def open_search_study(config: RunConfig, storage: optuna.storages.BaseStorage, ws: Workspace, evaluator: Evaluator,
+                      space: SearchSpace | ScaledSpace) -> optuna.Study:
+    """Create (with its first trials) or load the run's study, with the sampler of its search space."""
+    stage = scale_stage_of(config, ws, space)
+
+    def sampler(seed: int) -> optuna.samplers.BaseSampler:
+        if stage is None:
+            return make_sampler(config.sampler, seed, space.params, config.weight_min, config.weight_max)
+        low, high = FACTOR_RANGE  # the factors' middle is 1: CMA-ES starts at the best scale itself
+        inner = make_sampler(config.sampler, seed, space.shape.params, low, high)
+        return scale_first_sampler(inner, stage, shape_distributions(space, ws.densities))
+
+    first_trials = config.baseline_trials and not config.finalize
+    study = open_study(storage, config.study_name, sampler, config.seed, evaluator.pruner,
+                       space.params if first_trials and stage is None else None, ws.baseline_fixed())
+    if stage is not None and not config.finalize:
+        stage.start(study)  # a new study only: the baselines and the scale design, enqueued
+    return study
 
 
 def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator,
            callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
-           space: SearchSpace | None = None) -> None:
-    """Trials until the study has ``n_trials`` finished ones; Ctrl-C optionally saves the best so far."""
+           space: SearchSpace | ScaledSpace | None = None,
+           done: Callable[[optuna.Study], bool] | None = None) -> None:
+    """Trials until the study has ``n_trials`` finished ones (or ``done``, a benchmark's budget, says so);
+    Ctrl-C optionally saves the best so far."""
     study.set_user_attr(INPUTS_ATTR, config.recipe_inputs())
     # What defines the study: a later run of the same models that differs in it is told what differs
     # (search.existing.related_study_note).
@@ -203,6 +231,10 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
         log.info("resuming: %d of %d trials already finished", already, config.n_trials)
 
     space = space or space_of(config, ws)
+    stage = scale_stage_of(config, ws, space)
+    if stage is not None:
+        stage.advance(study)  # a study stopped between the scale design and its refinement goes on from there
+        callbacks = [stage.advance, *callbacks]
 
     def score(weights: dict[str, float], trial: optuna.Trial) -> tuple[float, dict]:
         ws.merger.apply(weights)
@@ -214,7 +246,8 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
     try:
         run_search(study, config.n_trials,
                    make_objective(space.params, config.weight_min, config.weight_max, score,
-                                  space.weights if space.is_profile else None, ws.densities), callbacks)
+                                  space.weights if space.derives_weights else None, ws.densities,
+                                  space.ranges(config.weight_min, config.weight_max)), callbacks, done)
     except KeyboardInterrupt:
         if config.save_on_interrupt and completed(study):
             log.warning("interrupted: saving the best trial so far (--save_on_interrupt); Ctrl-C again to abandon")
@@ -231,7 +264,7 @@ def items_scored(study: optuna.Study) -> int:
     return sum(int(t.user_attrs.get("items_scored", 0)) for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def result_of(config: RunConfig, study: optuna.Study, space: SearchSpace | None = None) -> RunResult:
+def result_of(config: RunConfig, study: optuna.Study, space: SearchSpace | ScaledSpace | None = None) -> RunResult:
     best = study.best_trial
     weights = space.weights(best.params) if space is not None else dict(best.params)
     return RunResult(config.study_name, best.value, best.number, weights, best_params=dict(best.params),
@@ -254,7 +287,7 @@ def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: Run
     result.files = sorted(["merge_recipe.json", *side_files])
 
 
-def holdout_candidates(study: optuna.Study, space: SearchSpace | list[str], top_k: int,
+def holdout_candidates(study: optuna.Study, space: SearchSpace | ScaledSpace | list[str], top_k: int,
                        fixed: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     """The target (w=0), plain addition (w=1) and the top-k trials by search score, best first, as the merger's
     weights per group.
@@ -262,7 +295,7 @@ def holdout_candidates(study: optuna.Study, space: SearchSpace | list[str], top_
     A trial whose weights equal an earlier candidate's is scored once, under the earlier label. ``fixed``: the
     baselines' other parameters (densities).
     """
-    if not isinstance(space, SearchSpace):  # a plain list of groups: the weights are the params
+    if isinstance(space, list):  # a plain list of groups: the weights are the params
         space = SearchSpace(list(space), list(space))
     fixed = fixed or {}
     candidates = {"w=0": {**dict.fromkeys(space.groups, 0.0), **fixed},
@@ -319,10 +352,22 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
         "holdout_verdict": result.verdict,
         "items_scored": result.items_scored,
         "tensors": n_tensors,
-        **({"profile_knots": {k: v for k, v in result.best_params.items() if k.startswith("knot_")}}
-           if config.optimize_mode == "profile" else {}),
+        **search_parameters(config, result),
         "weights": result.best_weights,
     }
+
+
+def search_parameters(config: RunConfig, result: RunResult) -> dict[str, Any]:
+    """What the sampler proposed for the best trial, where it is not the weights themselves: the scales and the
+    shape's factors of --scale_search, or the knot weights of profile mode."""
+    if config.scale_first:
+        scales = {k: v for k, v in result.best_params.items() if k == "scale" or k.startswith("scale/")}
+        factors = {k: v for k, v in result.best_params.items() if k not in scales and not k.startswith("density/")}
+        return {"scale_search": {"scales": scales, "factors": factors,
+                                 "rule": "weight = clip(scale of its vector * factor, weight_min, weight_max)"}}
+    if config.optimize_mode == "profile":
+        return {"profile_knots": {k: v for k, v in result.best_params.items() if k.startswith("knot_")}}
+    return {}
 
 
 def formula(config: RunConfig) -> str:
@@ -404,7 +449,7 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
     except ValueError as exc:
         raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
     n_vectors = len(config.tuned_models) or 1
-    n_weights = n_groups * n_vectors
+    n_weights = n_groups * n_vectors + (n_vectors if config.scale_first else 0)
     merge = config.merge
     n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (len(groups) if merge.density_per_group
                                                                                else 1)
@@ -415,7 +460,8 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
                          sum(parameters[n].numel() for n in names) * itemsize, on_device, n_vectors)
     return json.dumps({
         "study": config.study_name, "storage": redact(config.storage), "run_dir": str(config.run_dir),
-        "optimize_mode": config.optimize_mode, "weights": n_weights, "tensors": len(names),
+        "optimize_mode": config.optimize_mode, "scale_search": "on" if config.scale_first else "off",
+        "weights": n_weights, "tensors": len(names),
         "task_vectors": n_vectors, "merge_method": merge.method if merge is not None else "task_arithmetic",
         "densities": n_densities,
         "sampler": config.sampler, "n_trials": config.n_trials,

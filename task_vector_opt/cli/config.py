@@ -95,6 +95,8 @@ class RunConfig:
     search_only: bool = outside_identity(default=False)  # a worker that searches and saves nothing
     finalize: bool = outside_identity(default=False)  # no search: holdout and save
     save_on_interrupt: bool = outside_identity(default=False)
+    # --scale_search: the scale stage first, the shape's parameters as factors of its scale (off: as before)
+    scale_first: bool = identity_when(lambda config: config.scale_first, default=False)
     # knots of --optimize_mode profile (0 in the other modes, where it changes nothing)
     profile_knots: int = identity_when(lambda config: config.optimize_mode == "profile", default=0)
     evaluator: EvaluatorSettings | None = None  # the pipeline's own evaluator settings
@@ -130,6 +132,7 @@ class RunConfig:
             "optimize_mode": self.optimize_mode,
             # only in profile mode, so the study names of the other modes stay what they were
             **({"profile_knots": self.profile_knots} if self.optimize_mode == "profile" else {}),
+            **({"scale_search": "on"} if self.scale_first else {}),
             "optuna_sampler": self.sampler,
             "optuna_seed": self.seed,
             "weight_min": self.weight_min,

@@ -113,6 +113,12 @@ SEARCH_FLAGS = [
     Flag("--profile_knots", "Knot weights of profile mode, spread evenly from the first decoder layer to the last "
          "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
          "when the model has fewer.", None, type=int),
+    Flag("--scale_search", "Find each task vector's overall scale first, then the shape: 'on' tries one uniform "
+         "weight per vector on a design over the whole --weight_min..--weight_max range (8 trials with one vector, "
+         "the baselines included; then 2 refining it), and the sampler then searches the shape's weights as factors "
+         "(0..2) of the best scale. 'auto' (default): on with --optimize_mode auto, off with a mode you name, "
+         "so the original '--optimize_mode layer --optuna_sampler TPE' runs as it always did. "
+         "docs: search, for why.", "auto", choices=("auto", "on", "off")),
     Flag("--optuna_sampler", "Optuna sampler: CMA-ES (the default; starts at w=1, plain addition, with a step of a "
          "sixth of the weight range), TPE (the original default), random, GP (Gaussian process; needs scipy) or "
          "TPE-multivariate. README: search benchmark, for why CMA-ES is the default.", "CMA-ES",
@@ -176,6 +182,10 @@ JGLUE_FLAGS = [
     Flag("--jglue_data_dir", "Local copy of the official JGLUE repository (datasets/jcommonsenseqa-v1.3/...) to run the "
          "JGLUE tasks without hub access."),
     Flag("--task_search_path", "Directory of your own lm-eval task YAMLs; their names can go into --jglue_tasks."),
+    Flag("--search_objective", "What the search maximizes on multiple-choice tasks: 'choice_prob' (the mean "
+         "probability of the right choice, from the same log-likelihoods the task's accuracy reads: it moves "
+         "where accuracy is flat) or 'task' (each task's own metric, as the original did). The held-out verdict "
+         "always uses each task's own metric. docs: search.", "choice_prob", choices=("choice_prob", "task")),
     Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
     *PRUNING_FLAGS,
     Flag("--jglue_chunks", "With --prune: chunks the search documents are scored in; each chunk takes every N-th "

@@ -293,6 +293,18 @@ def resolve_optimize_mode(requested: str, pipeline: str, n_vectors: int, merge: 
     return mode
 
 
+def resolve_scale_search(requested: str, optimize_mode: str) -> bool:
+    """--scale_search auto (the default): on under --optimize_mode auto, off under a mode the user named."""
+    if requested not in ("auto", "on", "off"):
+        raise UsageError("--scale_search", f"unknown value {requested!r}; choose auto, on or off")
+    if requested == "auto":
+        on = optimize_mode == AUTO_MODE
+        log.info("--scale_search auto: %s", "on (the scale of each vector first, then the shape)" if on else
+                 f"off (--optimize_mode {optimize_mode} was named; --scale_search on adds the scale stage)")
+        return on
+    return requested == "on"
+
+
 def profile_knot_count(knots: int | None, targets: list[ModelSource], pipeline: str, cache_dir: str | None,
                        trust_remote_code: bool) -> int:
     """The knots of profile mode: --profile_knots, between 1 and the target's number of decoder layers (from
@@ -346,6 +358,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
                                                 "use layer (one weight per vector and layer) with several vectors or "
                                                 "--merge_method " + merge.method)
         knots = profile_knot_count(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
+    scale_first = resolve_scale_search(args.scale_search, args.optimize_mode)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)
     device = resolve_device(args.device)
@@ -366,6 +379,7 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         allow_pickle=args.allow_pickle,
         optimize_mode=optimize_mode,
         profile_knots=knots,
+        scale_first=scale_first,
         sampler=args.optuna_sampler,
         seed=args.optuna_seed,
         n_trials=args.n_trials,

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.evaluation.lm_eval_tasks.objectives import OBJECTIVES, TASK_METRIC, check_objective, \
+    choice_probability
 from task_vector_opt.evaluation.lm_eval_tasks.local_data import local_data_files, write_local_tasks
 from task_vector_opt.evaluation.lm_eval_tasks.resolution import ResolvedTask, check_data_dir, check_search_path, \
     resolve_tasks, task_manager
@@ -64,6 +66,8 @@ class JGLUESettings:
     pruner: str | None = None  # --prune with this pruner; None: every trial scores all its documents
     # search chunks (more than 1 only with --prune): the pruner reads the running score after each
     chunks: int = identity_when(lambda settings: settings.pruner is not None, default=1)
+    # --search_objective: what the search maximizes (the held-out verdict always uses the task's own metric)
+    objective: str = identity_when(lambda settings: settings.objective != TASK_METRIC, default=TASK_METRIC)
 
 
 def parse_batch_size(value: Any) -> int | str:
@@ -93,6 +97,9 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     chunks = args.jglue_chunks
     if chunks < 1:
         raise UsageError("--jglue_chunks", f"must be at least 1 (got {chunks})")
+    if args.search_objective not in OBJECTIVES:
+        raise UsageError("--search_objective", f"unknown objective {args.search_objective!r}; choose "
+                                               f"{' or '.join(OBJECTIVES)}")
     data_dir = check_data_dir(args.jglue_data_dir)
     resolved = resolve_tasks(requests, search_path=search_path, data_dir=data_dir)
     if data_dir:
@@ -109,6 +116,7 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
         batch_size=batch_size,
         pruner=pruner,
         chunks=chunks if pruner else 1,
+        objective=args.search_objective,
     )
 
 
@@ -247,6 +255,9 @@ class JGLUEEvaluator:
         if not higher_is_better(task, metric):
             raise UsageError(TASKS_FLAG, f"{item.name!r}: its main metric {metric} is lower-is-better, but the search "
                                          "maximizes the score; choose a task whose metric grows with quality")
+        if s.objective != TASK_METRIC and (reason := check_objective(task, metric)) is not None:
+            raise UsageError("--search_objective", f"{s.objective} cannot score {item.name!r}: {reason}; use "
+                                                   f"--search_objective {TASK_METRIC} (its own metric, {metric})")
         available = len(task.eval_docs)
         if available == 0:
             raise UsageError(TASKS_FLAG, f"{item.name!r}: lm-eval task {item.lm_eval_task} has no documents to score")
@@ -279,8 +290,9 @@ class JGLUEEvaluator:
         lm.batch_sizes = self._batch_sizes
         return lm
 
-    def _run(self, lm, run: TaskRun, docs: list[int]) -> tuple[float, dict[int, Any]]:
-        """lm-eval's score of ``docs`` and each document's value of the task's metric."""
+    def _run(self, lm, run: TaskRun, docs: list[int], objective: str = TASK_METRIC) -> tuple[float, dict[int, Any]]:
+        """lm-eval's score of ``docs`` and each document's value of the task's metric (or of ``objective``: then
+        the score is the mean of the documents' values)."""
         from lm_eval.evaluator import evaluate
 
         # The few-shot sampler's RNG advances with every document: re-seed it so that each call (each trial)
@@ -294,12 +306,20 @@ class JGLUEEvaluator:
         wanted = run.result_key.split(",", 1)[1]
         filters = {s["filter"] for s in samples}
         chosen = wanted if wanted in filters else min(filters, default=wanted)
-        per_doc = {int(s["doc_id"]): s[run.metric] for s in samples if s["filter"] == chosen}
+        chosen_samples = [s for s in samples if s["filter"] == chosen]
+        if objective != TASK_METRIC:
+            per_doc = {int(s["doc_id"]): choice_probability(run.task, run.metric, s["doc"], s["filtered_resps"])
+                       for s in chosen_samples}
+            return sum(per_doc.values()) / len(per_doc), per_doc
+        per_doc = {int(s["doc_id"]): s[run.metric] for s in chosen_samples}
         return result_value(results, run.lm_name, run.result_key), per_doc
 
     @staticmethod
-    def _aggregate(run: TaskRun, per_doc: dict[int, Any]) -> float:
-        """The task's score over the documents scored so far, with lm-eval's own aggregation of its metric."""
+    def _aggregate(run: TaskRun, per_doc: dict[int, Any], objective: str = TASK_METRIC) -> float:
+        """The task's score over the documents scored so far, with lm-eval's own aggregation of its metric (the
+        mean, for a smooth objective)."""
+        if objective != TASK_METRIC:
+            return sum(per_doc.values()) / len(per_doc)
         aggregate = run.task.aggregation()[run.metric]
         return float(aggregate([per_doc[d] for d in sorted(per_doc)]))
 
@@ -327,6 +347,7 @@ class JGLUEEvaluator:
         if not runs:
             return None
         n_chunks = self.settings.chunks if split == "search" else 1
+        objective = self.settings.objective if split == "search" else TASK_METRIC  # the verdict: the task's metric
         details: dict[str, float] = {}
         per_doc: dict[str, dict[int, Any]] = {run.name: {} for run, _ in runs}
         items = 0
@@ -341,10 +362,10 @@ class JGLUEEvaluator:
                     if not part:
                         continue
                     started = time.perf_counter()
-                    value, scored = self._run(lm, run, part)
+                    value, scored = self._run(lm, run, part, objective)
                     per_doc[run.name].update(scored)
                     items += len(part)
-                    details[run.name] = value if n_chunks == 1 else self._aggregate(run, per_doc[run.name])
+                    details[run.name] = value if n_chunks == 1 else self._aggregate(run, per_doc[run.name], objective)
                     log.debug("%s %s chunk %d: %s=%.4f on %d docs in %.1fs", split, run.name, step, run.metric,
                               details[run.name], len(part), time.perf_counter() - started)
                 if trial is not None and step < n_chunks - 1:  # after the last chunk the trial is complete
@@ -358,8 +379,10 @@ class JGLUEEvaluator:
                         raise optuna.TrialPruned(f"pruned after chunk {step + 1} of {n_chunks} ({items} documents): "
                                                  f"running score {running:.4f}")
         value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
-        item_values = self._item_values([run for run, _ in runs], per_doc)
+        item_values = {} if objective != TASK_METRIC else self._item_values([run for run, _ in runs], per_doc)
         parts = dict(details) if len(runs) > 1 else {}
+        if objective != TASK_METRIC:  # the trial records which number it is, beside the task's name
+            details = {f"{name} ({objective})": v for name, v in details.items()}
         return Score(value=value, details=details, item_values=item_values, items_scored=items, parts=parts)
 
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
@@ -384,7 +407,9 @@ class JGLUEEvaluator:
             parts.append(f"{where} ({r.metric}, {len(r.search_docs)} docs{hold}, {r.num_fewshot}-shot, "
                          f"w={r.weight:.3g})")
         extra = f"; data {self.settings.data_dir}" if self.settings.data_dir else ""
+        objective = (f"; search objective {self.settings.objective} (held-out: each task's metric)"
+                     if self.settings.objective != TASK_METRIC else "")
         pruning = (f"; --prune ({self.settings.pruner}) after each of {self.settings.chunks} chunks"
                    if self.settings.pruner else "")
         return (f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}{extra}"
-                f"{pruning}")
+                f"{objective}{pruning}")

@@ -21,6 +21,15 @@ class SearchSpace:
     def is_profile(self) -> bool:
         return self.n_knots > 0
 
+    @property
+    def derives_weights(self) -> bool:
+        """True when the proposed parameters are not the merger's weights themselves (profile knots)."""
+        return self.is_profile
+
+    def ranges(self, weight_min: float, weight_max: float) -> dict[str, tuple[float, float]]:
+        """Each proposed parameter's (low, high): every one a weight in the searched range."""
+        return dict.fromkeys(self.params, (weight_min, weight_max))
+
     def weights(self, params: dict[str, float]) -> dict[str, float]:
         """The weight of every group for the proposed ``params``; parameters outside the space's own (the
         densities of a sparsifying merge) pass through unchanged."""

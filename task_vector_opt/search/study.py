@@ -257,16 +257,22 @@ class TrialProgress:
 
 
 def run_search(study: optuna.Study, n_trials: int, objective: Callable[[optuna.Trial], float],
-               callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> None:
-    """Run trials until ``n_trials`` have finished; failed trials are recorded and retried, not counted."""
+               callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+               done: Callable[[optuna.Study], bool] | None = None) -> None:
+    """Run trials until ``n_trials`` have finished; failed trials are recorded and retried, not counted.
+    ``done``: an extra end condition (a benchmark's budget in items), checked after each trial."""
     watch = _FailureWatch()
     with logging_redirect_tqdm():  # log lines print above the progress bar instead of breaking it
         progress = TrialProgress(study, n_trials)
         try:
-            while (missing := n_trials - finished_trials(study)) > 0:
+            def stop_when_done(s: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+                if done is not None and done(s):
+                    s.stop()
+
+            while (missing := n_trials - finished_trials(study)) > 0 and not (done is not None and done(study)):
                 study.optimize(objective, n_trials=missing, catch=(Exception,), show_progress_bar=False,
                                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), watch, progress,
-                                          lambda s, _: recover_dead_workers(s), *callbacks])
+                                          lambda s, _: recover_dead_workers(s), *callbacks, stop_when_done])
                 reason = watch.last_failure.user_attrs.get("fail_reason", "see the log") if watch.last_failure else ""
                 if watch.stop_requested:
                     raise StudyStopped(f"the study was stopped by trial {watch.last_failure.number}: {reason}; "
@@ -290,17 +296,21 @@ def free_accelerator_memory() -> None:
 def make_objective(param_names: list[str], weight_min: float, weight_max: float,
                    score: Callable[[dict[str, float], optuna.Trial], tuple[float, dict]],
                    to_weights: Callable[[dict[str, float]], dict[str, float]] | None = None,
-                   stepped: dict[str, tuple[float, float, float]] | None = None) -> Callable[[optuna.Trial], float]:
+                   stepped: dict[str, tuple[float, float, float]] | None = None,
+                   ranges: dict[str, tuple[float, float]] | None = None) -> Callable[[optuna.Trial], float]:
     """Wrap ``score(weights, trial) -> (value, details)`` as an Optuna objective with timing and checks.
 
     ``to_weights`` turns the proposed parameters into the merger's weights (profile mode: knots -> layer
     weights); those weights are then kept on the trial as the user attr ``weights``, so the report shows them.
     ``stepped``: more parameters, each {name: (low, high, step)} (e.g. densities on their grid), passed on as
-    proposed.
+    proposed. ``ranges``: {name: (low, high)} of parameters whose range is not the weights' (the factors of the
+    scale-first search).
     """
 
     def objective(trial: optuna.Trial) -> float:
-        proposed = {name: trial.suggest_float(name, weight_min, weight_max) for name in param_names}
+        bounds = ranges or {}
+        proposed = {name: trial.suggest_float(name, *bounds.get(name, (weight_min, weight_max)))
+                    for name in param_names}
         for name, (low, high, step) in (stepped or {}).items():
             proposed[name] = trial.suggest_float(name, low, high, step=step)
         weights = proposed if to_weights is None else to_weights(proposed)
