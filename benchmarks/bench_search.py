@@ -44,29 +44,39 @@ class Strategy:
     mode: str  # optimize mode: layer or profile
     knots: int = 0
     pruner: str | None = None  # --prune with this pruner
+    scale_first: bool = False  # --scale_search on
+    objective: str = "task"  # --search_objective
 
     @classmethod
     def parse(cls, name: str) -> "Strategy":
-        """'CMA-ES/profile4+median' -> CMA-ES sampler, profile mode with 4 knots, --prune --pruner median."""
-        body, _, pruner = name.partition("+")
+        """'CMA-ES/scale-profile4+median~choice_prob' -> CMA-ES sampler, --scale_search on, profile mode with 4
+        knots, --prune --pruner median, --search_objective choice_prob (without ~: the task's own metric)."""
+        rest, _, objective = name.partition("~")
+        body, _, pruner = rest.partition("+")
         sampler, _, mode = body.partition("/")
+        scale_first = mode.startswith("scale-")
+        mode = mode.removeprefix("scale-")
         knots = 0
         if mode.startswith("profile"):
             knots = int(mode.removeprefix("profile") or 4)
             mode = "profile"
         if mode not in ("layer", "profile", "all", "parameter"):
-            raise SystemExit(f"--strategies: {name!r} has no mode; write SAMPLER/MODE[+PRUNER], e.g. TPE/layer")
-        return cls(sampler, mode, knots, pruner or None)
+            raise SystemExit(f"--strategies: {name!r} has no mode; write SAMPLER/[scale-]MODE[+PRUNER][~OBJECTIVE], "
+                             "e.g. TPE/layer or CMA-ES/scale-profile4~choice_prob")
+        if objective not in ("", "task", "choice_prob"):
+            raise SystemExit(f"--strategies: {name!r}: objective {objective!r}; use task or choice_prob")
+        return cls(sampler, mode, knots, pruner or None, scale_first, objective or "task")
 
 
+NEW_DEFAULT = "CMA-ES/scale-profile4~choice_prob"  # the tool's defaults: --scale_search, --search_objective
 ALL_STRATEGIES = ["random/layer", "TPE/layer", "TPE-multivariate/layer", "CMA-ES/layer", "GP/layer",
                   "random/profile4", "TPE/profile4", "CMA-ES/profile4", "GP/profile4", "TPE/profile4+median",
-                  "CMA-ES/profile4+successive_halving"]
+                  "CMA-ES/profile4+successive_halving", "CMA-ES/scale-profile4", NEW_DEFAULT]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategies", default=f"random/layer,{ORIGINAL_DEFAULT},CMA-ES/profile4",
+    parser.add_argument("--strategies", default=f"random/layer,{ORIGINAL_DEFAULT},CMA-ES/profile4,{NEW_DEFAULT}",
                         help=f"comma-separated SAMPLER/MODE[+PRUNER] names, or 'all' ({', '.join(ALL_STRATEGIES)})")
     parser.add_argument("--seeds", default="0", help="comma-separated sampler seeds")
     parser.add_argument("--budgets", default="10", help="comma-separated budgets in trial-equivalents")
@@ -120,16 +130,16 @@ class Testbed:
         self._evaluators: dict[str | None, object] = {}
         self._holdout: dict[tuple, object] = {}
 
-    def evaluator(self, pruner: str | None):
+    def evaluator(self, pruner: str | None, objective: str = "task"):
         import dataclasses
 
         from task_vector_opt.evaluation.jglue import JGLUEEvaluator
 
-        if pruner not in self._evaluators:
-            settings = dataclasses.replace(self.config.evaluator, pruner=pruner,
+        if (pruner, objective) not in self._evaluators:
+            settings = dataclasses.replace(self.config.evaluator, pruner=pruner, objective=objective,
                                            chunks=self.args.chunks if pruner else 1)
-            self._evaluators[pruner] = JGLUEEvaluator(settings, self.run_dir / "lm_eval_tasks")
-        return self._evaluators[pruner]
+            self._evaluators[pruner, objective] = JGLUEEvaluator(settings, self.run_dir / "lm_eval_tasks")
+        return self._evaluators[pruner, objective]
 
     @property
     def full_items(self) -> int:
@@ -168,43 +178,38 @@ def budget_prefix(trials: list, full_items: int, budget: float) -> list:
 
 
 def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[dict]:
-    """One search to the largest budget; one row per budget, from that budget's prefix of the trials."""
+    """One search to the largest budget, through the engine's own study and loop (what users run); one row per
+    budget, from that budget's prefix of the trials."""
+    import dataclasses
+
     import optuna
 
+    from task_vector_opt import engine
     from task_vector_opt.engine import label_of
-    from task_vector_opt.search.samplers import make_sampler
-    from task_vector_opt.search.space import search_space
-    from task_vector_opt.search.study import FINISHED, make_objective, open_study
+    from task_vector_opt.search.study import FINISHED
     from task_vector_opt.search.verdict import holdout_verdict
 
     strategy = Strategy.parse(name)
-    space = search_space(bed.ws.group_order, strategy.mode, strategy.knots)
-    evaluator = bed.evaluator(strategy.pruner)
+    evaluator = bed.evaluator(strategy.pruner, strategy.objective)
+    config = dataclasses.replace(bed.config, sampler=strategy.sampler, seed=seed, optimize_mode=strategy.mode,
+                                 profile_knots=strategy.knots, scale_first=strategy.scale_first,
+                                 evaluator=evaluator.settings, n_trials=10_000, study_name=f"{name}-{seed}")
+    space = engine.space_of(config, bed.ws)
     full = bed.full_items
     largest = max(budgets)
-
-    def sampler(s: int):
-        return make_sampler(strategy.sampler, s, space.params, 0.0, 2.0)
-
-    study = open_study(optuna.storages.InMemoryStorage(), f"{name}-{seed}", sampler, seed,
-                       evaluator.pruner, space.params)
-
-    def score(weights, trial):
-        bed.ws.merger.apply(weights)
-        result = evaluator.score(bed.ws.model, bed.ws.tokenizer, trial)
-        return result.value, {**result.details, "items_scored": result.items_scored}
+    study = engine.open_search_study(config, optuna.storages.InMemoryStorage(), bed.ws, evaluator, space)
 
     started = time.perf_counter()
     finished_at: dict[int, float] = {}  # trial number -> wall seconds since the search started
 
-    def record(study_: optuna.Study, trial) -> None:
+    def record(_study: optuna.Study, trial) -> None:
         finished_at[trial.number] = time.perf_counter() - started
-        done = study_.get_trials(deepcopy=False, states=FINISHED)
-        if sum(t.user_attrs.get("items_scored", 0) for t in done) >= largest * full - 1e-9:
-            study_.stop()
 
-    study.optimize(make_objective(space.params, 0.0, 2.0, score, space.weights if space.is_profile else None),
-                   n_trials=int(largest * 100), callbacks=[record], catch=(Exception,))
+    def spent(study_: optuna.Study) -> bool:
+        done = study_.get_trials(deepcopy=False, states=FINISHED)
+        return sum(t.user_attrs.get("items_scored", 0) for t in done) >= largest * full - 1e-9
+
+    engine.search(config, study, bed.ws, evaluator, [record], space, done=spent)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (*FINISHED, optuna.trial.TrialState.FAIL)]
     rows = []
     for budget in budgets:
@@ -225,6 +230,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in prefix),
             "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in prefix),
             "best_trial": best.number, "best_search": best.value, "best_weights": best_weights,
+            "best_params": best.params,
             "holdout_best": held[best_label].value, "holdout_details": held[best_label].details,
             "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
             "vs_w1": verdict.get("vs w=1"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",

@@ -26,7 +26,7 @@ def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_ro
 
     trio = make_trio(tmp_path / "trio", "llama", layers=4)
     out = tmp_path / "rows.jsonl"
-    bench_search.main(["--strategies", "random/layer,TPE/profile2+median", "--seeds", "0", "--budgets", "1.5,3",
+    bench_search.main(["--strategies", "random/layer,TPE/profile2+median,CMA-ES/scale-profile2~choice_prob", "--seeds", "0", "--budgets", "1.5,3",
                        "--search_limit", "4", "--holdout_limit", "4", "--chunks", "2", "--batch_size", "8",
                        "--uniform_weights", "0,0.5,1",
                        "--out", str(out), "--target_model", str(trio["target"]), "--base_model", str(trio["base"]),
@@ -37,16 +37,19 @@ def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_ro
     assert set(interference["interference"]["w=0.5"]) == {"score", "demo_target", "demo_skill"}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["strategy"], r["budget"]) for r in rows] == [
-        ("random/layer", 1.5), ("random/layer", 3), ("TPE/profile2+median", 1.5), ("TPE/profile2+median", 3)]
+        ("random/layer", 1.5), ("random/layer", 3), ("TPE/profile2+median", 1.5), ("TPE/profile2+median", 3),
+        ("CMA-ES/scale-profile2~choice_prob", 1.5), ("CMA-ES/scale-profile2~choice_prob", 3)]
     for row in rows:
         # stops at the first trial that reaches the budget: the trial before it had not
         assert row["budget"] <= row["trial_equivalents"] < row["budget"] + 1
         assert row["items_scored"] == round(row["trial_equivalents"] * 8)  # 4 search documents of each task
         assert row["vs_w1"]["n_items"] == 8  # paired over the 4 held-out documents of each task
-    for small, large in (rows[0:2], rows[2:4]):  # the smaller budget is the first trials of the same search
+    for small, large in (rows[0:2], rows[2:4], rows[4:6]):  # a smaller budget: the first trials of the same search
         assert small["trials"] < large["trials"] and small["items_scored"] < large["items_scored"]
         assert small["best_search"] <= large["best_search"]
     assert "random/layer" in printed.split("held-out (both skills")[1]
+    # the scale-first strategy ran through the engine's own loop: its best trial has a scale and knot factors
+    assert {"scale", "knot_0", "knot_1"} <= set(rows[5]["best_params"])
 
 
 def test_a_budget_is_the_prefix_of_trials_up_to_the_first_that_reaches_it():
