@@ -23,6 +23,7 @@ from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import Merger
 from task_vector_opt.merging.methods import DENSITY_STEP
 from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
+from task_vector_opt.outputs.search_text import search_sentence
 from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
@@ -30,8 +31,8 @@ from task_vector_opt.merging.task_vector import build_task_vector
 from task_vector_opt.errors import UsageError
 from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 from task_vector_opt.search.samplers import make_sampler
-from task_vector_opt.search.scale_first import (FACTOR_RANGE, ScaledSpace, ScaleStage, scale_first_sampler,
-                                                shape_distributions)
+from task_vector_opt.search.scale_first import (FACTOR_RANGE, ScaledSpace, ScaleStage, planned_space,
+                                                scale_first_sampler, shape_distributions)
 from task_vector_opt.search.space import SearchSpace, search_space
 from task_vector_opt.search.verdict import holdout_verdict
 
@@ -186,7 +187,7 @@ def space_of(config: RunConfig, ws: Workspace) -> SearchSpace | ScaledSpace:
         raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
     if not config.scale_first:
         return shape
-    return ScaledSpace(shape, len(config.tuned_models) or 1, config.weight_min, config.weight_max)
+    return ScaledSpace(shape, config.weight_min, config.weight_max)
 
 
 def scale_stage_of(config: RunConfig, ws: Workspace, space: SearchSpace | ScaledSpace) -> ScaleStage | None:
@@ -208,11 +209,10 @@ def open_search_study(config: RunConfig, storage: optuna.storages.BaseStorage, w
         return scale_first_sampler(inner, stage, shape_distributions(space, ws.densities))
 
     first_trials = config.baseline_trials and not config.finalize
-    study = open_study(storage, config.study_name, sampler, config.seed, evaluator.pruner,
-                       space.params if first_trials and stage is None else None, ws.baseline_fixed())
-    if stage is not None and not config.finalize:
-        stage.start(study)  # a new study only: the baselines and the scale design, enqueued
-    return study
+    # the scale stage's first trials (the baselines among them) are enqueued by whichever worker creates the study
+    return open_study(storage, config.study_name, sampler, config.seed, evaluator.pruner,
+                      space.params if first_trials and stage is None else None, ws.baseline_fixed(),
+                      stage.start if stage is not None and not config.finalize else None)
 
 
 def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Evaluator,
@@ -344,6 +344,7 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
         "tool": f"task_vector_opt {__version__}",
         "formula": formula(config),
         "inputs": config.recipe_inputs(),
+        **({"search": how} if (how := search_sentence(config.recipe_inputs())) else {}),
         "study": {"name": config.study_name, "storage": redact(config.storage), "n_trials": config.n_trials},
         "best": {"trial": result.best_trial, "score": result.best_value},
         "baselines_search_score": result.search_baselines,
@@ -444,12 +445,12 @@ def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
     to_checkpoint = name_map_for(skeleton)  # a VLM: its language model's tensors only
     names = [n for n, _ in skeleton.named_parameters() if to_checkpoint(n) is not None]
     groups = ordered_groups(group_names(names, config.optimize_mode))
+    n_vectors = len(config.tuned_models) or 1
     try:
-        n_groups = len(search_space(groups, config.optimize_mode, config.profile_knots).params)
+        n_weights = len(planned_space(groups, n_vectors, config.optimize_mode, config.profile_knots,
+                                      config.scale_first, config.weight_min, config.weight_max).params)
     except ValueError as exc:
         raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
-    n_vectors = len(config.tuned_models) or 1
-    n_weights = n_groups * n_vectors + (n_vectors if config.scale_first else 0)
     merge = config.merge
     n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (len(groups) if merge.density_per_group
                                                                                else 1)

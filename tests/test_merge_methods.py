@@ -245,3 +245,32 @@ def test_the_model_card_names_every_source_model_and_the_flags_that_reproduce_th
     for fragment in ("--tuned_model org/tuned-a,org/tuned-b", "--merge_method dare_ties", "--density_min 0.2",
                      "--dare_seed 5 --dare_rescale inverse_density"):
         assert fragment in command, command
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties"])
+def test_scaled_profiles_of_several_vectors_give_exactly_the_merge_their_weights_say(models, method):
+    """Scale-first profiles (a scale and knots per vector) turn into per-group weights; applying A then B equals
+    B from scratch, and equals the merger given those weights directly."""
+    from task_vector_opt.search.scale_first import ScaledSpace
+    from task_vector_opt.search.space import search_space
+
+    settings = MergeSettings(method)
+    model, merger = merger_over(models, ["ft1", "ft2"], settings, target="ft3", mode="profile")
+    space = ScaledSpace(search_space(merger.weight_names(), "profile", 2), 0.0, 2.0)
+    assert space.scales == ["scale/v1", "scale/v2"]
+    assert {"v1/knot_0", "v1/knot_1", "v2/knot_0", "v2/knot_1"} <= set(space.params)
+    densities = dict.fromkeys(merger.density_names(), 0.5)
+    a = {**space.uniform((0.1, 0.0)), **densities}
+    b = {**{name: 0.3 + 0.1 * i for i, name in enumerate(space.params)}, "scale/v1": 1.5, "scale/v2": 0.4,
+         **dict.fromkeys(merger.density_names(), 0.8)}
+    weights_b = space.weights(b)
+    assert set(weights_b) == set(merger.weight_names()) | set(merger.density_names())
+    assert weights_b["v2/layer_00"] == pytest.approx(0.4 * b["v2/knot_0"])  # the first layer sits on the first knot
+    merger.apply(space.weights(a))
+    merger.apply(weights_b)
+    fresh_model, fresh = merger_over(models, ["ft1", "ft2"], settings, target="ft3", mode="profile")
+    fresh.apply(weights_b)
+    for name, tensor in state(fresh_model).items():
+        assert torch.equal(state(model)[name], tensor), name
+    untouched = state(merger_over(models, ["ft1", "ft2"], settings, target="ft3")[0])
+    assert any(not torch.equal(state(model)[name], tensor) for name, tensor in untouched.items())  # it merged

@@ -190,7 +190,8 @@ def test_pruned_trials_are_recorded_as_pruned_with_the_items_they_cost(trio, tmp
     # A pruner that stops every trial it may (baselines always run to the end): the run's own wiring decides.
     monkeypatch.setattr("task_vector_opt.evaluation.jglue.make_pruner",
                         lambda name: optuna.pruners.ThresholdPruner(lower=2.0))
-    jglue_in_process(argv(trio, tmp_path, 4, "--prune", "--pruner", "median", "--jglue_chunks", "4"))
+    jglue_in_process(argv(trio, tmp_path, 4, "--prune", "--pruner", "median", "--jglue_chunks", "4", "--scale_search",
+                          "off"))
     study = load_study(tmp_path)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
@@ -278,17 +279,18 @@ def test_bad_search_settings_are_one_line_exit_2_before_loading(trio, tmp_path, 
 @pytest.mark.parametrize("extra, mode, knots", [
     ([], "profile", 4),  # the default: one vector, task_arithmetic -> profile with 4 knots
     (["--profile_knots", "2"], "profile", 2),
-    (["--merge_method", "ties"], "layer", 0),  # profile does not apply to a sparsifying merge
+    (["--merge_method", "ties"], "profile", 4),  # a sparsifying merge too
     (["--optimize_mode", "layer"], "layer", 0),  # the original's value still works
 ])
-def test_auto_mode_is_profile_where_it_applies_and_layer_elsewhere(trio, tmp_path, capsys, no_loads, extra, mode,
+def test_auto_mode_is_profile_for_every_merge_and_a_named_mode_is_kept(trio, tmp_path, capsys, no_loads, extra, mode,
                                                                   knots):
     from task_vector_opt.cli.flags import run_cli
 
     run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--dry_run", *extra))
     plan = json.loads(capsys.readouterr().out)
     assert plan["optimize_mode"] == mode
-    assert plan["weights"] == (knots + 3 if mode == "profile" else LAYERS + 3)  # + embed_tokens, norm, lm_head
+    scales = 1 if not extra or extra[0] != "--optimize_mode" else 0  # auto: the scale stage's scale, too
+    assert plan["weights"] == (knots + 3 if mode == "profile" else LAYERS + 3) + scales  # + embed, norm, lm_head
 
 
 def test_auto_mode_gives_a_model_with_fewer_layers_than_the_default_knots_one_knot_per_layer(tmp_path, capsys,
@@ -298,13 +300,15 @@ def test_auto_mode_gives_a_model_with_fewer_layers_than_the_default_knots_one_kn
     small = make_trio(tmp_path / "small", "llama", layers=2)
     run_cli(jglue_in_process, argv(small, tmp_path, 3, "--dry_run"))
     plan = json.loads(capsys.readouterr().out)
-    assert plan["optimize_mode"] == "profile" and plan["weights"] == 2 + 3
+    assert plan["optimize_mode"] == "profile" and plan["weights"] == 2 + 3 + 1  # + the scale
 
 
-def test_auto_mode_with_several_tuned_models_searches_layer_weights_per_vector(trio, tmp_path, capsys, no_loads):
+def test_auto_mode_with_several_tuned_models_searches_a_scale_and_a_profile_per_vector(trio, tmp_path, capsys,
+                                                                                    no_loads):
     from task_vector_opt.cli.flags import run_cli
 
     run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--dry_run", "--tuned_model",
                                    f"{trio['tuned']},{trio['target']}"))
     plan = json.loads(capsys.readouterr().out)
-    assert plan["optimize_mode"] == "layer" and plan["task_vectors"] == 2
+    assert plan["optimize_mode"] == "profile" and plan["task_vectors"] == 2
+    assert plan["weights"] == 2 * (1 + 4 + 3)  # per vector: its scale, 4 knots, embed_tokens, norm, lm_head

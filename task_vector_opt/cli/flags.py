@@ -114,8 +114,8 @@ SEARCH_FLAGS = [
          "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
          "when the model has fewer.", None, type=int),
     Flag("--scale_search", "Find each task vector's overall scale first, then the shape: 'on' tries one uniform "
-         "weight per vector on a design over the whole --weight_min..--weight_max range (8 trials with one vector, "
-         "the baselines included; then 2 refining it), and the sampler then searches the shape's weights as factors "
+         "weight per vector on a design over the whole --weight_min..--weight_max range (6 trials with one vector, "
+         "the baselines included, then 2 around the best), and the sampler then searches the shape's weights as factors "
          "(0..2) of the best scale. 'auto' (default): on with --optimize_mode auto, off with a mode you name, "
          "so the original '--optimize_mode layer --optuna_sampler TPE' runs as it always did. "
          "docs: search, for why.", "auto", choices=("auto", "on", "off")),

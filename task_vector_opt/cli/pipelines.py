@@ -161,8 +161,13 @@ def _moe_prepare(config):
 
 def _moe_plan(config, evaluator_line: str) -> str:
     from task_vector_opt.merging.moe.plan import dry_run_plan
+    from task_vector_opt.search.scale_first import planned_space
 
-    return dry_run_plan(config, evaluator_line)
+    def searched(groups: list[str], n_vectors: int) -> list[str]:
+        return planned_space(groups, n_vectors, config.optimize_mode, config.profile_knots, config.scale_first,
+                             config.weight_min, config.weight_max).params
+
+    return dry_run_plan(config, evaluator_line, searched)
 
 
 def _moe_summary(config, result) -> str:

@@ -278,19 +278,14 @@ def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote
 DEFAULT_PROFILE_KNOTS = 4  # the default strategy's knots (benchmarks/bench_search.py; README: search benchmark)
 
 
-def profile_applies(pipeline: str, n_vectors: int, merge: MergeSettings) -> bool:
-    """Profile mode works for one task vector under task_arithmetic, outside the MoE scripts."""
-    return not pipeline.startswith("mt_bench_moe") and n_vectors == 1 and merge.is_plain
-
-
-def resolve_optimize_mode(requested: str, pipeline: str, n_vectors: int, merge: MergeSettings) -> str:
-    """--optimize_mode auto (the default): profile where it applies, layer elsewhere."""
+def resolve_optimize_mode(requested: str) -> str:
+    """--optimize_mode auto (the default): profile, for one vector or several, every merge method, the MoE
+    scripts included (docs: search, for the measurements behind it)."""
     if requested != AUTO_MODE:
         return requested
-    mode = "profile" if profile_applies(pipeline, n_vectors, merge) else "layer"
-    log.info("--optimize_mode auto: %s%s", mode, "" if mode == "profile" else
-             " (profile needs one --tuned_model under task_arithmetic, outside the MoE scripts)")
-    return mode
+    log.info("--optimize_mode auto: profile (knots along depth for each vector, and each expert in the MoE "
+             "scripts)")
+    return "profile"
 
 
 def resolve_scale_search(requested: str, optimize_mode: str) -> bool:
@@ -309,9 +304,6 @@ def profile_knot_count(knots: int | None, targets: list[ModelSource], pipeline: 
                        trust_remote_code: bool) -> int:
     """The knots of profile mode: --profile_knots, between 1 and the target's number of decoder layers (from
     config.json), or by default DEFAULT_PROFILE_KNOTS (the number of layers when the model has fewer)."""
-    if pipeline.startswith("mt_bench_moe"):
-        raise UsageError("--optimize_mode", "profile is not available for the MoE scripts yet; use layer, all or "
-                                            "parameter")
     if knots is not None and knots < 1:
         raise UsageError("--profile_knots", f"must be at least 1 (got {knots}); 1 gives one weight for every layer")
     layers = decoder_layer_count(targets[0], cache_dir, trust_remote_code)
@@ -350,13 +342,9 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
     for source in tuned_models:
         check_tuned_matches_base(source, ModelSource("--base_model", args.base_model))
     merge = merge_settings_from_args(args)
-    optimize_mode = resolve_optimize_mode(args.optimize_mode, pipeline, len(tuned_models), merge)
+    optimize_mode = resolve_optimize_mode(args.optimize_mode)
     knots = 0
     if optimize_mode == "profile":
-        if len(tuned_models) > 1 or not merge.is_plain:
-            raise UsageError("--optimize_mode", "profile works with one --tuned_model under task_arithmetic for now; "
-                                                "use layer (one weight per vector and layer) with several vectors or "
-                                                "--merge_method " + merge.method)
         knots = profile_knot_count(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
     scale_first = resolve_scale_search(args.scale_search, args.optimize_mode)
     if args.cache_dir is not None:

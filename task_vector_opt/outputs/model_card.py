@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCardData
 
+from task_vector_opt.outputs.search_text import search_flags, search_sentence
 from task_vector_opt.cli.config import is_hub_id
 from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, part_names, score_rows
 
@@ -72,7 +73,8 @@ def reproduce_command(inputs: dict[str, Any], study_name: str, storage: str) -> 
     parts = [f"python {script}", *target_flags,
              f"--base_model {inputs.get('base_model')}", f"--tuned_model {','.join(tuned_list(inputs))}",
              *merge_flags(inputs),
-             f"--optimize_mode {inputs.get('optimize_mode')}", f"--optuna_sampler {inputs.get('optuna_sampler')}",
+             f"--optimize_mode {inputs.get('optimize_mode')}", *search_flags(inputs),
+             f"--optuna_sampler {inputs.get('optuna_sampler')}",
              f"--optuna_seed {inputs.get('optuna_seed')}", f"--weight_min {inputs.get('weight_min')}",
              f"--weight_max {inputs.get('weight_max')}", f"--dtype {inputs.get('dtype')}",
              f"--study_name {study_name}", f"--storage {storage}"]
@@ -130,7 +132,7 @@ range [{inputs.get('weight_min', '')}, {inputs.get('weight_max', '')}]). Made wi
 
 - Formula: `{recipe.get('formula', 'target + weight * (tuned - base)')}`, computed in {inputs.get('dtype', '')}
   on {recipe.get('tensors', '?')} tensors{' (embed_tokens / lm_head left unchanged)' if inputs.get('skip_embed') else ''}.
-- Search: {inputs.get('pipeline', '')} pipeline, optimize mode `{inputs.get('optimize_mode', '')}`; the first two trials
+- Search: {inputs.get('pipeline', '')} pipeline, optimize mode `{inputs.get('optimize_mode', '')}`{_search_clause(inputs)}; the first two trials
   are the baselines w=1 everywhere (plain task-vector addition) and w=0 everywhere (the target unchanged).
 - Evaluator settings: `{yaml.safe_dump(evaluator, default_flow_style=True, width=10_000).strip() if evaluator else 'n/a'}`
 
@@ -175,3 +177,8 @@ def densities_text(merge: dict[str, Any]) -> str:
     per = "vector and group" if merge.get("density_per_group") else "vector"
     return (f", merged by {merge['merge_method']} with one density per {per} searched in "
             f"[{merge.get('density_min')}, {merge.get('density_max')}]")
+
+
+def _search_clause(inputs: dict) -> str:
+    sentence = search_sentence(inputs)
+    return f", {sentence}" if sentence else ""

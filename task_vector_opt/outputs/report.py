@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from task_vector_opt.outputs.search_text import search_sentence
 from task_vector_opt.errors import UsageError
 from task_vector_opt.files import write_side_files
 
@@ -320,6 +321,8 @@ def render_html(study: optuna.Study, view: StudyView | None = None) -> str:
                                                     "weight_min", "weight_max", "dtype") if k in inputs)
     if inputs.get("merge"):  # several vectors or TIES / DARE: the method and its density range
         setup += ", " + ", ".join(f"{k}={v}" for k, v in inputs["merge"].items())
+    if (how := search_sentence(inputs)):
+        setup += "; " + how
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Task vector merge report: {html.escape(view.name)}</title>

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from task_vector_opt.search.space import SearchSpace
+from task_vector_opt.search.space import SearchSpace, local_name, owned, owner_of, search_space
 
 if TYPE_CHECKING:
     import optuna
@@ -33,38 +33,43 @@ FACTOR_RANGE = (0.0, 2.0)  # shape factors: the sampler's middle (CMA-ES's start
 STAGE_ATTR = "stage"  # trial user attr: "scale" for the scale stage's trials (baselines included)
 SCALE_STAGE = "scale"
 REFINED_ATTR = "scale_stage_refined"  # study user attr: the refinement points were enqueued
-# The design's uniform weights, as fractions of --weight_max (one vector): 0.25, 0.5, 0.1 and 2.0 for the
+# The design's uniform weights, as fractions of the range above max(--weight_min, 0) (one vector): 0.25, 0.5, 0.1 and 2.0 for the
 # default range, beside the baselines' 1 and 0. Near 0 and at the top end, so a vector far too strong
 # (best near 0.1) or too weak (best near 2) is found as surely as one close to plain addition.
 ONE_VECTOR_FRACTIONS = (0.125, 0.25, 0.05, 1.0)
-SEVERAL_VECTORS_FRACTIONS = (0.125, 0.25)  # all vectors together; each vector alone comes beside them
+# Two vectors: both together at these fractions (the top end included), and each one alone (the other dropped)
+# at 1 and 0.5. With more
+# scales than two (the experts of a MoE) the one-vector design is used for all of them together; the refinement
+# then moves each scale on its own.
+SEVERAL_VECTORS_FRACTIONS = (0.125, 0.25, 1.0)
 NEGATIVE_FRACTIONS = (0.25, 1.0)  # of --weight_min, when the range goes below 0
 
 
-def scale_names(n_vectors: int) -> list[str]:
-    return ["scale"] if n_vectors == 1 else [f"scale/v{i + 1}" for i in range(n_vectors)]
-
-
-def vector_of(group: str, n_vectors: int) -> int:
-    """The vector a merger group (or shape parameter) belongs to: "v2/layer_07" -> 1; one vector -> 0."""
-    if n_vectors == 1:
-        return 0
-    head, _, _ = group.partition("/")
-    return int(head[1:]) - 1
+def scale_name(owner: str) -> str:
+    """The scale parameter of an owner: "scale" (one vector), "scale/v2", "scale/expert2" (MoE)."""
+    return f"scale/{owner}" if owner else "scale"
 
 
 @dataclass(frozen=True)
 class ScaledSpace:
-    """A shape space (its parameters read as factors) times one scale per vector."""
+    """A shape space (its parameters read as factors) times one scale per owner: per vector, per MoE expert."""
 
     shape: SearchSpace
-    n_vectors: int
     weight_min: float
     weight_max: float
 
     @property
+    def owners(self) -> list[str]:
+        return list(dict.fromkeys(owner_of(group) for group in self.shape.groups))
+
+    @property
+    def n_vectors(self) -> int:
+        """How many scales (vectors, or experts' vectors) the scale stage searches."""
+        return len(self.owners)
+
+    @property
     def scales(self) -> list[str]:
-        return scale_names(self.n_vectors)
+        return [scale_name(owner) for owner in self.owners]
 
     @property
     def params(self) -> list[str]:
@@ -86,14 +91,14 @@ class ScaledSpace:
         return {**dict.fromkeys(self.scales, (weight_min, weight_max)), **dict.fromkeys(self.shape.params, FACTOR_RANGE)}
 
     def weights(self, params: dict[str, float]) -> dict[str, float]:
-        """Every group's weight: its vector's scale times the shape's factor for it, clipped to the range;
+        """Every group's weight: its owner's scale times the shape's factor for it, clipped to the range;
         other parameters (densities) pass through."""
         factors = self.shape.weights({name: value for name, value in params.items() if name not in self.scales})
-        scale = [float(params[name]) for name in self.scales]
+        groups = set(self.groups)
         weights = {}
         for name, factor in factors.items():
-            if name in self.groups:
-                value = scale[vector_of(name, self.n_vectors)] * factor
+            if name in groups:
+                value = float(params[scale_name(owner_of(name))]) * factor
                 weights[name] = min(max(value, self.weight_min), self.weight_max)
             else:
                 weights[name] = factor
@@ -110,12 +115,13 @@ def _clip(value: float, low: float, high: float) -> float:
 
 def design(n_vectors: int, weight_min: float, weight_max: float) -> list[tuple[float, ...]]:
     """The scale stage's first points (besides the baselines all-1 and all-0), most informative first."""
-    top = max(weight_max, 0.0)
+    low = max(weight_min, 0.0)  # fractions of the non-negative part of the range, from its lower end
+    span = max(weight_max - low, 0.0)
     points: list[tuple[float, ...]] = []
-    if n_vectors == 1:
-        points += [(top * f,) for f in ONE_VECTOR_FRACTIONS]
+    if n_vectors != 2:  # one scale, or many (MoE experts): the same weight for all, over the whole range
+        points += [(low + span * f,) * n_vectors for f in ONE_VECTOR_FRACTIONS]
     else:
-        points += [(top * f,) * n_vectors for f in SEVERAL_VECTORS_FRACTIONS]
+        points += [(low + span * f,) * n_vectors for f in SEVERAL_VECTORS_FRACTIONS]
         for level in (1.0, 0.5):  # each vector alone: a vector that only harms is dropped here
             for i in range(n_vectors):
                 points.append(tuple(level if j == i else 0.0 for j in range(n_vectors)))
@@ -275,3 +281,14 @@ def scale_trial_count(n_vectors: int, weight_min: float, weight_max: float) -> i
     """Trials of the scale stage before its refinement (for the plan and the docs)."""
     return 2 + len(design(n_vectors, weight_min, weight_max))
 
+
+
+def planned_space(groups: list[str], n_vectors: int, mode: str, n_knots: int, scale_first: bool, weight_min: float,
+                  weight_max: float) -> SearchSpace | ScaledSpace:
+    """The space a run will search, from the groups of one vector (the --dry_run plan, before any weight loads):
+    with several vectors each group is named per vector, as the merger names it ("v2/layer_07",
+    "expert2/v2/layer_07")."""
+    if n_vectors > 1:
+        groups = [owned(owned(owner_of(g), f"v{i + 1}"), local_name(g)) for i in range(n_vectors) for g in groups]
+    shape = search_space(groups, mode, n_knots)
+    return ScaledSpace(shape, weight_min, weight_max) if scale_first else shape

@@ -162,11 +162,13 @@ def _sampler(sampler: str | SamplerFactory, seed: int) -> optuna.samplers.BaseSa
 def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: str | SamplerFactory, seed: int,
                pruner: optuna.pruners.BasePruner | None = None,
                baseline_groups: list[str] | None = None,
-               baseline_fixed: dict[str, float] | None = None) -> optuna.Study:
+               baseline_fixed: dict[str, float] | None = None,
+               on_create: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
     """Create the study, or load it to resume (or to join it as one more worker).
 
     Only the process that creates the study enqueues the baselines (when ``baseline_groups`` is given):
     the storage lets exactly one create a name, so workers starting together enqueue them once.
+    ``on_create``: what else a new study gets, by the same rule (the scale stage's trials).
     ``sampler`` is a --optuna_sampler name or a function of the seed (the engine's, which knows the searched
     parameters and range). A resumed or joined study gets the seed shifted by its trial count and the process id: the same seed
     would replay the proposals the interrupted run already evaluated, or those of a worker that joined at the
@@ -184,6 +186,8 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: s
         return study
     if baseline_groups:
         enqueue_baselines(study, baseline_groups, baseline_fixed)
+    if on_create is not None:  # e.g. the scale stage's first trials: enqueued once, by the creator
+        on_create(study)
     return study
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import torch
 
@@ -13,8 +14,9 @@ from task_vector_opt.merging.moe.layout import expert_label, mlp_location, moe_g
 from task_vector_opt.merging.task_vector import embedding_parameter_names
 
 
-def dry_run_plan(config, evaluator_line: str) -> str:
-    """The MoE plan from config files only: weights per expert, tensors, memory; no weights are read."""
+def dry_run_plan(config, evaluator_line: str, searched: Callable[[list[str], int], list[str]]) -> str:
+    """The MoE plan from config files only: weights per expert, tensors, memory; no weights are read.
+    ``searched(groups, n_vectors)``: the parameters the search proposes over these groups (the search stage's rule)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     settings: MoESettings = config.extra["moe"]
@@ -33,8 +35,8 @@ def dry_run_plan(config, evaluator_line: str) -> str:
     merge = config.merge or MergeSettings()
     n_groups = len(ordered_groups(groups))
     n_densities = 0 if not merge.sparsifies else n_vectors * (n_groups if merge.density_per_group else 1)
-    per_expert = {expert_label(i): n_vectors * len(ordered_groups({k: g for k, g in groups.items()
-                                                       if k.startswith(expert_label(i) + "/")}))
+    params = searched(ordered_groups(groups), n_vectors)
+    per_expert = {expert_label(i): sum(1 for p in params if f"{expert_label(i)}/" in f"{p}/")
                   for i in range(settings.n_experts)}
     itemsize = DTYPES[config.dtype].itemsize
     dense = sum(p.numel() for p in params.values()) * itemsize
@@ -45,7 +47,8 @@ def dry_run_plan(config, evaluator_line: str) -> str:
         "study": config.study_name, "run_dir": str(config.run_dir), "experts": settings.n_experts,
         "moe_base_expert": settings.base_index + 1, "gate_mode": settings.gate_mode,
         "experts_per_token": settings.experts_per_token, "dtype": config.dtype, "optimize_mode": config.optimize_mode,
-        "weights": n_vectors * n_groups, "weights_per_expert": per_expert, "tensors": len(groups),
+        "scale_search": "on" if config.scale_first else "off",
+        "weights": len(params), "weights_per_expert": per_expert, "tensors": len(groups),
         "task_vectors": n_vectors, "merge_method": merge.method, "densities": n_densities,
         "sampler": config.sampler, "n_trials": config.n_trials,
         "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(moe), "task vectors": gib(n_vectors * dense)},

@@ -1,0 +1,267 @@
+"""The scale-first search (--scale_search) and the smooth search objective (--search_objective), on tiny models."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from task_vector_opt import engine
+from task_vector_opt.search.scale_first import FACTOR_RANGE, ScaledSpace, design, refinement
+from task_vector_opt.search.space import search_space
+from task_vector_opt.search.study import FINISHED
+from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
+from tiny_models import make_trio
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
+LAYERS = 5
+GROUPS = ["embed_tokens", *[f"layer_{i:02d}" for i in range(LAYERS)], "norm", "lm_head"]
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    return make_trio(tmp_path_factory.mktemp("trio"), "llama", layers=LAYERS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_loads(monkeypatch):
+    refuse_model_loads(monkeypatch, engine)
+
+
+def argv(trio, tmp_path, n_trials, *extra, tasks="demo_target:0.5,demo_skill:0.5"):
+    return ["--target_model", str(trio["target"]), "--base_model", str(trio["base"]), "--tuned_model",
+            str(trio["tuned"]), "--dtype", "float32", "--device", "cpu", "--task_search_path", str(DEMO_TASKS),
+            "--jglue_tasks", tasks, "--jglue_limit", "6", "--jglue_holdout_limit", "6", "--batch_size", "16",
+            "--n_trials", str(n_trials), "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),
+            "--log_level", "WARNING", *extra]
+
+
+def load_study(tmp_path, storage=None):
+    storage = storage or f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def uniform_value(weights: dict[str, float]) -> float | None:
+    values = set(weights.values())
+    return values.pop() if len(values) == 1 else None
+
+
+# ------------------------------------------------------------------------------------------------ the design
+
+def test_the_design_spans_the_whole_range_with_values_near_both_ends():
+    points = [p[0] for p in design(1, 0.0, 2.0)]
+    assert points == [0.25, 0.5, 0.1, 2.0]  # with the baselines' 1 and 0: 0, 0.1, 0.25, 0.5, 1, 2
+    assert min(points) <= 0.05 * 2 and max(points) == 2.0
+    wide = [p[0] for p in design(1, -1.0, 3.0)]
+    assert 3.0 in wide and -1.0 in wide and any(0 < v <= 0.15 for v in wide)  # negative side too
+    narrow = [p[0] for p in design(1, 0.5, 1.5)]
+    assert min(narrow) == 0.55 and max(narrow) == 1.5  # spread over the range itself; 0.5 is the w=0 baseline's
+    assert len(narrow) == len(set(narrow))
+
+
+def test_with_two_vectors_the_design_drops_each_vector_in_turn():
+    points = design(2, 0.0, 2.0)
+    assert (1.0, 0.0) in points and (0.0, 1.0) in points and (0.5, 0.0) in points and (0.0, 0.5) in points
+    assert (0.25, 0.25) in points and (0.5, 0.5) in points and (2.0, 2.0) in points  # the whole range for each
+    assert (1.0, 1.0) not in points and (0.0, 0.0) not in points  # those are the baselines
+
+
+def test_refinement_halves_the_distance_to_each_neighbour_of_the_best_point():
+    tried = [((0.0,), 0.49), ((0.1,), 0.96), ((0.25,), 0.8), ((0.5,), 0.5), ((1.0,), 0.5), ((2.0,), 0.5)]
+    assert refinement(tried, 0.0, 2.0) == [(0.05,), (0.175,)]
+    two = [((1.0, 1.0), 0.3), ((0.0, 0.0), 0.5), ((1.0, 0.0), 0.8), ((0.0, 1.0), 0.2), ((0.5, 0.0), 0.6)]
+    assert refinement(two, 0.0, 2.0) == [(0.75, 0.0), (1.5, 0.0), (1.0, 0.5)]
+
+
+def test_a_scaled_space_multiplies_every_factor_by_its_vectors_scale_and_clips_to_the_range():
+    space = ScaledSpace(search_space(GROUPS, "profile", 2), 0.0, 2.0)
+    assert space.params == ["scale", "knot_0", "knot_1", "embed_tokens", "norm", "lm_head"]
+    assert space.ranges(0.0, 2.0)["scale"] == (0.0, 2.0) and space.ranges(0.0, 2.0)["knot_0"] == FACTOR_RANGE
+    weights = space.weights({"scale": 0.1, "knot_0": 0.0, "knot_1": 2.0, "embed_tokens": 1.0, "norm": 0.5,
+                             "lm_head": 1.0})
+    assert weights["layer_00"] == 0.0 and weights["layer_04"] == pytest.approx(0.2)
+    assert weights["layer_02"] == pytest.approx(0.1) and weights["norm"] == pytest.approx(0.05)
+    assert space.weights({**space.uniform((1.5,)), "knot_1": 2.0})["layer_04"] == 2.0  # 3.0, clipped
+    several = ScaledSpace(search_space([f"v{v}/{g}" for v in (1, 2) for g in GROUPS], "layer"), 0.0, 2.0)
+    weights = several.weights({**several.uniform((0.5, 0.0)), "v1/layer_03": 2.0})
+    assert weights["v1/layer_03"] == 1.0 and weights["v1/norm"] == 0.5 and weights["v2/layer_03"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def test_the_default_search_tries_uniform_scales_first_then_the_shape_around_the_best(trio, tmp_path):
+    jglue_in_process(argv(trio, tmp_path, 13))
+    study = load_study(tmp_path)
+    trials = study.get_trials(states=FINISHED)
+    assert len(trials) == 13
+    scale_trials = [t for t in trials if t.user_attrs.get("stage") == "scale"]
+    assert [t.number for t in scale_trials] == list(range(8))  # 6 design trials (baselines first), 2 refining
+    uniform = [uniform_value(t.user_attrs["weights"]) for t in scale_trials]
+    assert None not in uniform  # every scale trial is a uniform weight
+    assert uniform[:6] == [1.0, 0.0, 0.25, 0.5, 0.1, 2.0]
+    assert [t.user_attrs.get("baseline") for t in trials[:2]] == ["w=1 (plain task vector)", "w=0 (target unchanged)"]
+    best_scale = max(scale_trials[:6], key=lambda t: t.value).params["scale"]
+    refined = [t.params["scale"] for t in scale_trials[6:]]
+    assert refined == [p[0] for p in refinement([((v,), t.value) for v, t in zip(uniform, scale_trials[:6])], 0, 2)]
+    assert len(refined) == 2 and all(abs(v - best_scale) <= 0.5 for v in refined)
+    best_after = max(scale_trials, key=lambda t: t.value).params["scale"]
+    for trial in trials[8:]:  # the shape: factors of the best scale, proposed by CMA-ES
+        assert trial.params["scale"] == best_after
+        assert len({round(trial.params[k], 9) for k in ("knot_0", "knot_1", "knot_2", "knot_3")}) > 1
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert recipe["inputs"]["scale_search"] == "on" and recipe["inputs"]["evaluator"]["objective"] == "choice_prob"
+    assert recipe["weights"] == ScaledSpace(search_space(GROUPS, "profile", 4), 0.0, 2.0).weights(
+        study.best_trial.params)
+    assert "scale first" in recipe["search"] and "choice_prob" in recipe["search"]
+    for page in ("report.html", "README.md"):  # the report and the model card say what was searched
+        text = (tmp_path / "out" / page).read_text()
+        assert "scale first" in text and "choice_prob" in text, page
+    card = (tmp_path / "out" / "README.md").read_text()  # its command reproduces the search
+    assert "--scale_search on" in card and "--search_objective choice_prob" in card
+
+
+def test_a_study_stopped_in_the_scale_stage_resumes_in_that_stage(trio, tmp_path):
+    jglue_in_process(argv(trio, tmp_path, 4))  # stopped in the middle of the design
+    jglue_in_process(argv(trio, tmp_path, 6, "--output_dir", str(tmp_path / "out2")))  # the design's end
+    study = load_study(tmp_path)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 2 and all(t.user_attrs["stage"] == "scale" for t in waiting)  # refinement queued
+    jglue_in_process(argv(trio, tmp_path, 10, "--output_dir", str(tmp_path / "out3")))
+    trials = load_study(tmp_path).get_trials(states=FINISHED)
+    assert [uniform_value(t.user_attrs["weights"]) for t in trials[:6]] == [1.0, 0.0, 0.25, 0.5, 0.1, 2.0]
+    assert [t.user_attrs.get("stage") for t in trials] == ["scale"] * 8 + [None] * 2
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 10  # nothing proposed twice
+
+
+def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    shared = ["--storage", storage, "--study_name", "shared"]
+    worker = [sys.executable, str(ROOT / "merge_task_vector_jglue.py"), *argv(trio, tmp_path, 12, *shared, "--search_only")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    workers = [subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=ROOT) for _ in range(2)]
+    for process in workers:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials(states=FINISHED)
+    assert len(trials) >= 12
+    scale = [t for t in trials if t.user_attrs.get("stage") == "scale"]
+    values = [uniform_value(t.user_attrs["weights"]) for t in scale]
+    assert {1.0, 0.0, 0.25, 0.5, 0.1, 2.0} <= set(values)  # the whole design, enqueued once
+    assert len(values) == len(set(values)) == 8  # each scale point scored once, by one of the two workers
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
+
+
+def test_the_original_layer_tpe_search_runs_unchanged(trio, tmp_path):
+    jglue_in_process(argv(trio, tmp_path, 4, "--optimize_mode", "layer", "--optuna_sampler", "TPE",
+                          "--search_objective", "task"))
+    study = load_study(tmp_path)
+    trials = study.get_trials(states=FINISHED)
+    assert all(set(t.params) == set(GROUPS) for t in trials)  # one weight per group, no scale
+    assert [t.params["layer_00"] for t in trials[:2]] == [1.0, 0.0]
+    assert all("stage" not in t.user_attrs for t in trials)
+    inputs = study.user_attrs["inputs"]
+    assert "scale_search" not in inputs and inputs["optimize_mode"] == "layer"
+    assert study.study_name.startswith("jglue-layer-")
+    recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
+    assert "scale_search" not in recipe and recipe["weights"] == study.best_params
+
+
+def test_scale_search_on_adds_the_stage_to_a_named_mode(trio, tmp_path, capsys, no_loads):
+    from task_vector_opt.cli.flags import run_cli
+
+    run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--dry_run", "--optimize_mode", "layer", "--scale_search", "on"))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["scale_search"] == "on" and plan["weights"] == len(GROUPS) + 1
+    run_cli(jglue_in_process, argv(trio, tmp_path, 3, "--dry_run"))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["scale_search"] == "on" and plan["optimize_mode"] == "profile" and plan["weights"] == 4 + 3 + 1
+
+
+# ------------------------------------------------------------------------------------------------ the objective
+
+def test_choice_prob_is_the_mean_softmax_of_lm_evals_own_log_likelihoods(trio, tmp_path):
+    """The evaluator's search score with choice_prob equals the value computed here from lm-eval's per-document
+    log-likelihoods (lm_eval.simple_evaluate on the same model and documents)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from task_vector_opt.cli.flags import parse_namespace
+    from task_vector_opt.cli.pipelines import JGLUE
+    from task_vector_opt.cli.validation import validate
+    from task_vector_opt.evaluation.jglue import JGLUEEvaluator
+
+    config = validate(JGLUE, parse_namespace(JGLUE.command_line, argv(trio, tmp_path, 3, "--search_objective",
+                                                                      "choice_prob")))
+    evaluator = JGLUEEvaluator(config.evaluator, tmp_path / "tasks")
+    model = AutoModelForCausalLM.from_pretrained(trio["target"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(trio["target"])
+    score = evaluator.score(model, tokenizer)
+
+    results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16),
+                                      tasks=["demo_target", "demo_skill"], limit=6, log_samples=True,
+                                      task_manager=TaskManager(include_path=str(DEMO_TASKS)), bootstrap_iters=0)
+    expected = {}
+    for task in ("demo_target", "demo_skill"):
+        probs = []
+        for sample in results["samples"][task]:
+            if sample["filter"] != "none":
+                continue
+            lls = [float(resp[0][0]) for resp in sample["resps"]]
+            gold = sample["doc"]["label"]
+            probs.append(math.exp(lls[gold]) / sum(math.exp(ll) for ll in lls))
+        assert len(probs) == 6
+        expected[task] = sum(probs) / len(probs)
+    assert score.details["demo_target (choice_prob)"] == pytest.approx(expected["demo_target"], abs=1e-6)
+    assert score.details["demo_skill (choice_prob)"] == pytest.approx(expected["demo_skill"], abs=1e-6)
+    assert score.value == pytest.approx((expected["demo_target"] + expected["demo_skill"]) / 2, abs=1e-6)
+    held = evaluator.holdout(model, tokenizer)  # the verdict stays on accuracy, item by item
+    assert set(held.item_values.values()) <= {0.0, 1.0, 2.0}  # 0/1 per document, scaled by the task weights
+    assert all(0.0 <= v <= 1.0 for v in held.details.values())
+
+
+def write_generation_task(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEMO_TASKS / "utils.py", folder / "utils.py")
+    shutil.copy(DEMO_TASKS / "demo_skill_test.jsonl", folder / "demo_skill_test.jsonl")
+    (folder / "demo_gen.yaml").write_text(
+        "task: demo_gen\ncustom_dataset: !function utils.load_dataset\ntest_split: test\n"
+        "output_type: generate_until\ndoc_to_text: \"{{prompt}}\"\ndoc_to_target: \"{{category}}\"\n"
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 4\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    return folder
+
+
+@pytest.mark.parametrize("extra, flag, fragment", [
+    (["--search_objective", "loss"], "--search_objective", "loss"),
+    (["--scale_search", "maybe"], "--scale_search", "maybe"),
+])
+def test_bad_search_values_are_one_line_exit_2_before_loading(trio, tmp_path, capsys, no_loads, extra, flag, fragment):
+    expect_usage_error(jglue_in_process, argv(trio, tmp_path, 3, *extra), capsys, flag, fragment)
+
+
+def test_choice_prob_on_a_generation_task_is_one_line_exit_2_before_loading(trio, tmp_path, capsys, no_loads):
+    tasks = write_generation_task(tmp_path / "gen_tasks")
+    run = argv(trio, tmp_path, 3, tasks="demo_gen")
+    run[run.index("--task_search_path") + 1] = str(tasks)
+    expect_usage_error(jglue_in_process, [*run, "--search_objective", "choice_prob"], capsys, "--search_objective",
+                       "demo_gen", "generate_until", "--search_objective task")
