@@ -138,7 +138,10 @@ class Testbed:
         if (pruner, objective) not in self._evaluators:
             settings = dataclasses.replace(self.config.evaluator, pruner=pruner, objective=objective,
                                            chunks=self.args.chunks if pruner else 1)
-            self._evaluators[pruner, objective] = JGLUEEvaluator(settings, self.run_dir / "lm_eval_tasks")
+            evaluator = JGLUEEvaluator(settings, self.run_dir / "lm_eval_tasks")
+            # Without pruning a score depends only on the merge: runs share the merges they have in common (the
+            # baselines, the scale stage's design) instead of scoring them again.
+            self._evaluators[pruner, objective] = evaluator if pruner else SharedScores(evaluator, self.ws.merger)
         return self._evaluators[pruner, objective]
 
     @property
@@ -152,6 +155,36 @@ class Testbed:
             self.ws.merger.apply(weights)
             self._holdout[key] = self.evaluator(None).holdout(self.ws.model, self.ws.tokenizer)
         return self._holdout[key]
+
+
+class SharedScores:
+    """An evaluator that scores each merge once per benchmark. A repeated merge gets the first score, with the
+    seconds that scoring took (``eval_s``), so each run's wall time is what it would have spent alone."""
+
+    def __init__(self, evaluator, merger):
+        self.evaluator = evaluator
+        self.merger = merger
+        self.settings = evaluator.settings
+        self.pruner = evaluator.pruner
+        self.runs = evaluator.runs
+        self._scores: dict[tuple, tuple] = {}
+
+    def score(self, model, tokenizer, trial=None):
+        import dataclasses
+
+        key = tuple(sorted(self.merger.current.items()))
+        if key not in self._scores:
+            started = time.perf_counter()
+            result = self.evaluator.score(model, tokenizer, trial)
+            self._scores[key] = (result, time.perf_counter() - started)
+        result, seconds = self._scores[key]
+        return dataclasses.replace(result, details={**result.details, "eval_s": round(seconds, 3)})
+
+    def holdout(self, model, tokenizer):
+        return self.evaluator.holdout(model, tokenizer)
+
+    def describe(self) -> str:
+        return self.evaluator.describe()
 
 
 def interference(bed: Testbed, uniform_weights: list[float]) -> dict:
@@ -199,17 +232,11 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
     largest = max(budgets)
     study = engine.open_search_study(config, optuna.storages.InMemoryStorage(), bed.ws, evaluator, space)
 
-    started = time.perf_counter()
-    finished_at: dict[int, float] = {}  # trial number -> wall seconds since the search started
-
-    def record(_study: optuna.Study, trial) -> None:
-        finished_at[trial.number] = time.perf_counter() - started
-
     def spent(study_: optuna.Study) -> bool:
         done = study_.get_trials(deepcopy=False, states=FINISHED)
         return sum(t.user_attrs.get("items_scored", 0) for t in done) >= largest * full - 1e-9
 
-    engine.search(config, study, bed.ws, evaluator, [record], space, done=spent)
+    engine.search(config, study, bed.ws, evaluator, (), space, done=spent)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (*FINISHED, optuna.trial.TrialState.FAIL)]
     rows = []
     for budget in budgets:
@@ -234,7 +261,8 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
             "holdout_best": held[best_label].value, "holdout_details": held[best_label].details,
             "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
             "vs_w1": verdict.get("vs w=1"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
-            "wall_s": round(finished_at.get(prefix[-1].number, time.perf_counter() - started), 1),
+            # seconds of evaluation the run spent (a merge scored before by another run counts what it cost then)
+            "wall_s": round(sum(t.user_attrs.get("eval_s", t.user_attrs.get("elapsed_s", 0.0)) for t in prefix), 1),
         })
     return rows
 

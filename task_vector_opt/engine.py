@@ -193,7 +193,7 @@ def space_of(config: RunConfig, ws: Workspace) -> SearchSpace | ScaledSpace:
 def scale_stage_of(config: RunConfig, ws: Workspace, space: SearchSpace | ScaledSpace) -> ScaleStage | None:
     if not isinstance(space, ScaledSpace):
         return None
-    return ScaleStage(space, config.baseline_trials, ws.baseline_fixed())
+    return ScaleStage(space, config.baseline_trials, ws.baseline_fixed(), config.n_trials)
 
 
 def open_search_study(config: RunConfig, storage: optuna.storages.BaseStorage, ws: Workspace, evaluator: Evaluator,
@@ -233,8 +233,8 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
     space = space or space_of(config, ws)
     stage = scale_stage_of(config, ws, space)
     if stage is not None:
-        stage.advance(study)  # a study stopped between the scale design and its refinement goes on from there
-        callbacks = [stage.advance, *callbacks]
+        stage.resume(study)  # a study stopped in the scale stage goes on from there
+        callbacks = [stage.after_trial, *callbacks]
 
     def score(weights: dict[str, float], trial: optuna.Trial) -> tuple[float, dict]:
         ws.merger.apply(weights)

@@ -125,7 +125,7 @@ def test_the_default_search_tries_uniform_scales_first_then_the_shape_around_the
         assert trial.params["scale"] == best_after
         assert len({round(trial.params[k], 9) for k in ("knot_0", "knot_1", "knot_2", "knot_3")}) > 1
     recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
-    assert recipe["inputs"]["scale_search"] == "on" and recipe["inputs"]["evaluator"]["objective"] == "choice_prob"
+    assert recipe["inputs"]["scale_search"] == "on" and recipe["inputs"]["evaluator"]["objective"] == "auto"
     assert recipe["weights"] == ScaledSpace(search_space(GROUPS, "profile", 4), 0.0, 2.0).weights(
         study.best_trial.params)
     assert "scale first" in recipe["search"] and "choice_prob" in recipe["search"]
@@ -133,17 +133,19 @@ def test_the_default_search_tries_uniform_scales_first_then_the_shape_around_the
         text = (tmp_path / "out" / page).read_text()
         assert "scale first" in text and "choice_prob" in text, page
     card = (tmp_path / "out" / "README.md").read_text()  # its command reproduces the search
-    assert "--scale_search on" in card and "--search_objective choice_prob" in card
+    assert "--scale_search on" in card and "--search_objective auto" in card
 
 
 def test_a_study_stopped_in_the_scale_stage_resumes_in_that_stage(trio, tmp_path):
     jglue_in_process(argv(trio, tmp_path, 4))  # stopped in the middle of the design
     jglue_in_process(argv(trio, tmp_path, 6, "--output_dir", str(tmp_path / "out2")))  # the design's end
     study = load_study(tmp_path)
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 2 and all(t.user_attrs["stage"] == "scale" for t in waiting)  # refinement queued
+    assert not study.get_trials(states=(TrialState.WAITING,))  # nothing queued beyond the run's --n_trials
+    refinement_points = study.user_attrs["scale_stage_refinement"]  # decided when the design finished
+    assert len(refinement_points) == 2
     jglue_in_process(argv(trio, tmp_path, 10, "--output_dir", str(tmp_path / "out3")))
     trials = load_study(tmp_path).get_trials(states=FINISHED)
+    assert [[t.params["scale"]] for t in trials[6:8]] == refinement_points  # the rerun went on with them
     assert [uniform_value(t.user_attrs["weights"]) for t in trials[:6]] == [1.0, 0.0, 0.25, 0.5, 0.1, 2.0]
     assert [t.user_attrs.get("stage") for t in trials] == ["scale"] * 8 + [None] * 2
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 10  # nothing proposed twice
@@ -165,7 +167,9 @@ def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path):
     scale = [t for t in trials if t.user_attrs.get("stage") == "scale"]
     values = [uniform_value(t.user_attrs["weights"]) for t in scale]
     assert {1.0, 0.0, 0.25, 0.5, 0.1, 2.0} <= set(values)  # the whole design, enqueued once
-    assert len(values) == len(set(values)) == 8  # each scale point scored once, by one of the two workers
+    assert len(values) == len(set(values)) == 8  # 6 design points and 2 refining, each scored once
+    shape = [t for t in trials if "stage" not in t.user_attrs]
+    assert shape and all(t.params["scale"] == values[0] or t.params["scale"] in values for t in shape)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
 
 

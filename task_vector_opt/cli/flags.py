@@ -182,10 +182,11 @@ JGLUE_FLAGS = [
     Flag("--jglue_data_dir", "Local copy of the official JGLUE repository (datasets/jcommonsenseqa-v1.3/...) to run the "
          "JGLUE tasks without hub access."),
     Flag("--task_search_path", "Directory of your own lm-eval task YAMLs; their names can go into --jglue_tasks."),
-    Flag("--search_objective", "What the search maximizes on multiple-choice tasks: 'choice_prob' (the mean "
+    Flag("--search_objective", "What the search maximizes: 'choice_prob' (on multiple-choice tasks, the mean "
          "probability of the right choice, from the same log-likelihoods the task's accuracy reads: it moves "
-         "where accuracy is flat) or 'task' (each task's own metric, as the original did). The held-out verdict "
-         "always uses each task's own metric. docs: search.", "choice_prob", choices=("choice_prob", "task")),
+         "where accuracy is flat), 'task' (each task's own metric, as the original did) or 'auto' (default: "
+         "choice_prob for every multiple-choice task, the own metric for the others, e.g. JSQuAD). The held-out "
+         "verdict always uses each task's own metric. docs: search.", "auto", choices=("auto", "choice_prob", "task")),
     Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
     *PRUNING_FLAGS,
     Flag("--jglue_chunks", "With --prune: chunks the search documents are scored in; each chunk takes every N-th "

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from task_vector_opt.errors import UsageError, first_line
-from task_vector_opt.evaluation.lm_eval_tasks.objectives import OBJECTIVES, TASK_METRIC, check_objective, \
-    choice_probability
+from task_vector_opt.evaluation.lm_eval_tasks.objectives import AUTO, OBJECTIVES, TASK_METRIC, check_objective, \
+    choice_probability, task_objective
 from task_vector_opt.evaluation.lm_eval_tasks.local_data import local_data_files, write_local_tasks
 from task_vector_opt.evaluation.lm_eval_tasks.resolution import ResolvedTask, check_data_dir, check_search_path, \
     resolve_tasks, task_manager
@@ -68,6 +68,7 @@ class JGLUESettings:
     chunks: int = identity_when(lambda settings: settings.pruner is not None, default=1)
     # --search_objective: what the search maximizes (the held-out verdict always uses the task's own metric)
     objective: str = identity_when(lambda settings: settings.objective != TASK_METRIC, default=TASK_METRIC)
+    # (auto: choice_prob for the multiple-choice tasks, each other task's own metric)
 
 
 def parse_batch_size(value: Any) -> int | str:
@@ -185,6 +186,7 @@ class TaskRun:
     num_fewshot: int
     search_docs: list[int]
     holdout_docs: list[int] = field(default_factory=list)
+    objective: str = TASK_METRIC  # what the search scores this task on (the holdout: always its metric)
 
 
 class JGLUEEvaluator:
@@ -255,7 +257,7 @@ class JGLUEEvaluator:
         if not higher_is_better(task, metric):
             raise UsageError(TASKS_FLAG, f"{item.name!r}: its main metric {metric} is lower-is-better, but the search "
                                          "maximizes the score; choose a task whose metric grows with quality")
-        if s.objective != TASK_METRIC and (reason := check_objective(task, metric)) is not None:
+        if s.objective not in (TASK_METRIC, AUTO) and (reason := check_objective(task, metric)) is not None:
             raise UsageError("--search_objective", f"{s.objective} cannot score {item.name!r}: {reason}; use "
                                                    f"--search_objective {TASK_METRIC} (its own metric, {metric})")
         available = len(task.eval_docs)
@@ -276,7 +278,8 @@ class JGLUEEvaluator:
                             item.name, available, holdout)
         return TaskRun(name=item.name, lm_name=item.lm_eval_task, weight=s.weights[i], task=task, metric=metric,
                        result_key=key, num_fewshot=int(task.get_config("num_fewshot") or 0),
-                       search_docs=list(range(n_search)), holdout_docs=holdout_docs)
+                       search_docs=list(range(n_search)), holdout_docs=holdout_docs,
+                       objective=task_objective(s.objective, task, metric))
 
     # -------------------------------------------------------------------------------------- scoring
 
@@ -347,7 +350,9 @@ class JGLUEEvaluator:
         if not runs:
             return None
         n_chunks = self.settings.chunks if split == "search" else 1
-        objective = self.settings.objective if split == "search" else TASK_METRIC  # the verdict: the task's metric
+
+        def objective(run: TaskRun) -> str:  # the held-out verdict: always the task's own metric
+            return run.objective if split == "search" else TASK_METRIC
         details: dict[str, float] = {}
         per_doc: dict[str, dict[int, Any]] = {run.name: {} for run, _ in runs}
         items = 0
@@ -362,10 +367,11 @@ class JGLUEEvaluator:
                     if not part:
                         continue
                     started = time.perf_counter()
-                    value, scored = self._run(lm, run, part, objective)
+                    value, scored = self._run(lm, run, part, objective(run))
                     per_doc[run.name].update(scored)
                     items += len(part)
-                    details[run.name] = value if n_chunks == 1 else self._aggregate(run, per_doc[run.name], objective)
+                    details[run.name] = value if n_chunks == 1 else self._aggregate(run, per_doc[run.name],
+                                                                                               objective(run))
                     log.debug("%s %s chunk %d: %s=%.4f on %d docs in %.1fs", split, run.name, step, run.metric,
                               details[run.name], len(part), time.perf_counter() - started)
                 if trial is not None and step < n_chunks - 1:  # after the last chunk the trial is complete
@@ -379,10 +385,11 @@ class JGLUEEvaluator:
                         raise optuna.TrialPruned(f"pruned after chunk {step + 1} of {n_chunks} ({items} documents): "
                                                  f"running score {running:.4f}")
         value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
-        item_values = {} if objective != TASK_METRIC else self._item_values([run for run, _ in runs], per_doc)
+        smooth = {run.name: objective(run) for run, _ in runs if objective(run) != TASK_METRIC}
+        item_values = {} if smooth else self._item_values([run for run, _ in runs], per_doc)
         parts = dict(details) if len(runs) > 1 else {}
-        if objective != TASK_METRIC:  # the trial records which number it is, beside the task's name
-            details = {f"{name} ({objective})": v for name, v in details.items()}
+        # the trial records which number each task's is, beside the task's name
+        details = {f"{name} ({smooth[name]})" if name in smooth else name: v for name, v in details.items()}
         return Score(value=value, details=details, item_values=item_values, items_scored=items, parts=parts)
 
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
@@ -407,8 +414,9 @@ class JGLUEEvaluator:
             parts.append(f"{where} ({r.metric}, {len(r.search_docs)} docs{hold}, {r.num_fewshot}-shot, "
                          f"w={r.weight:.3g})")
         extra = f"; data {self.settings.data_dir}" if self.settings.data_dir else ""
-        objective = (f"; search objective {self.settings.objective} (held-out: each task's metric)"
-                     if self.settings.objective != TASK_METRIC else "")
+        smooth = [r.name for r in self.runs if r.objective != TASK_METRIC]
+        objective = (f"; searched on choice_prob for {', '.join(smooth)} (held-out: each task's metric)"
+                     if smooth else "")
         pruning = (f"; --prune ({self.settings.pruner}) after each of {self.settings.chunks} chunks"
                    if self.settings.pruner else "")
         return (f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}{extra}"

@@ -5,7 +5,7 @@ from typing import Any
 
 
 def objective_of(inputs: dict[str, Any]) -> str | None:
-    """The search objective of an lm-eval run ("task" or "choice_prob"); None for the judged benches."""
+    """The search objective of an lm-eval run ("auto", "choice_prob" or "task"); None for the judged benches."""
     evaluator = inputs.get("evaluator") or {}
     return evaluator.get("objective") if isinstance(evaluator, dict) else None
 
@@ -22,6 +22,9 @@ def search_sentence(inputs: dict[str, Any]) -> str:
     if objective == "choice_prob":
         parts.append("searched on choice_prob (the mean probability of the right choice); held-out: each task's "
                      "own metric")
+    elif objective == "auto":
+        parts.append("searched on choice_prob (the mean probability of the right choice) for the multiple-choice "
+                     "tasks and on their own metric for the others; held-out: each task's own metric")
     elif objective == "task":
         parts.append("searched on each task's own metric")
     return "; ".join(parts)

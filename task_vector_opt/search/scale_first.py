@@ -19,10 +19,15 @@ nothing else.
 from __future__ import annotations
 
 import logging
+import math
+from datetime import datetime
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from task_vector_opt.search.study import BASELINES, FINISHED
 from task_vector_opt.search.space import SearchSpace, local_name, owned, owner_of, search_space
+
+from optuna.trial import TrialState
 
 if TYPE_CHECKING:
     import optuna
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 FACTOR_RANGE = (0.0, 2.0)  # shape factors: the sampler's middle (CMA-ES's start) is 1, the scale itself
 STAGE_ATTR = "stage"  # trial user attr: "scale" for the scale stage's trials (baselines included)
 SCALE_STAGE = "scale"
-REFINED_ATTR = "scale_stage_refined"  # study user attr: the refinement points were enqueued
+REFINEMENT_ATTR = "scale_stage_refinement"  # study user attr: the refinement's points, once the design has finished
 # The design's uniform weights, as fractions of the range above max(--weight_min, 0) (one vector): 0.25, 0.5, 0.1 and 2.0 for the
 # default range, beside the baselines' 1 and 0. Near 0 and at the top end, so a vector far too strong
 # (best near 0.1) or too weak (best near 2) is found as surely as one close to plain addition.
@@ -165,61 +170,98 @@ def refinement(tried: list[tuple[tuple[float, ...], float]], weight_min: float,
 
 
 class ScaleStage:
-    """Enqueues the scale stage's trials and tells which scale the shape stage uses."""
+    """Enqueues the scale stage's trials and tells which scale the shape stage uses.
 
-    def __init__(self, space: ScaledSpace, baselines: bool, fixed: dict[str, float] | None = None):
+    The stage's points are the baselines (w = 1, then w = 0), the design, then the refinement around the best
+    design point (computed once, when every design trial has finished, and kept in the study). They are enqueued
+    a few at a time, never more than the run's --n_trials leaves room for, so a study stopped at its budget holds
+    no waiting trials, and a rerun with more trials goes on in the stage where it stopped."""
+
+    def __init__(self, space: ScaledSpace, baselines: bool, fixed: dict[str, float] | None = None,
+                 n_trials: int = 0):
         self.space = space
         self.baselines = baselines
         self.fixed = fixed or {}  # parameters every scale trial shares (the densities of a sparsifying merge)
+        self.n_trials = n_trials
 
-    def _enqueue(self, study: optuna.Study, scales: tuple[float, ...], label: str | None = None) -> None:
+    def first_points(self) -> list[tuple[float, ...]]:
+        """The baselines and the design, in the order they are scored."""
+        n, low, high = self.space.n_vectors, self.space.weight_min, self.space.weight_max
+        ends = [(_clip(value, low, high),) * n for _label, value in BASELINES]
+        return list(dict.fromkeys(ends + design(n, low, high)))
+
+    def _enqueue(self, study: optuna.Study, scales: tuple[float, ...]) -> None:
         attrs: dict[str, Any] = {STAGE_ATTR: SCALE_STAGE}
-        if label is not None:
-            attrs["baseline"] = label
+        for label, value in BASELINES:
+            if self.baselines and scales == (value,) * self.space.n_vectors:
+                attrs["baseline"] = label
         study.enqueue_trial({**self.space.uniform(scales), **self.fixed}, user_attrs=attrs)
-
-    def start(self, study: optuna.Study) -> None:
-        """On a new study only: the baselines (w=1, then w=0) and the design, as the first trials."""
-        from task_vector_opt.search.study import BASELINES
-
-        if study.get_trials(deepcopy=False):
-            return
-        n = self.space.n_vectors
-        if self.baselines:
-            for label, value in BASELINES:
-                self._enqueue(study, (value,) * n, label)
-        else:  # the stage still needs the two ends of plain addition
-            for _label, value in BASELINES:
-                self._enqueue(study, (_clip(value, self.space.weight_min, self.space.weight_max),) * n)
-        for point in design(n, self.space.weight_min, self.space.weight_max):
-            self._enqueue(study, point)
 
     def scale_trials(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(STAGE_ATTR) == SCALE_STAGE]
 
+    def _scales(self, trial: optuna.trial.FrozenTrial) -> tuple[float, ...]:
+        """A scale trial's scales; a waiting one holds them as its fixed (enqueued) parameters."""
+        fixed = trial.system_attrs.get("fixed_params") or {}
+        return tuple(round(float(trial.params.get(name, fixed.get(name, math.nan))), 6) for name in self.space.scales)
+
     def tried(self, study: optuna.Study) -> list[tuple[tuple[float, ...], float]]:
-        from optuna.trial import TrialState
+        return [(self._scales(t), t.value) for t in self.scale_trials(study)
+                if t.state == TrialState.COMPLETE and t.value is not None]
 
-        return [(tuple(round(t.params[name], 6) for name in self.space.scales), t.value)
-                for t in self.scale_trials(study) if t.state == TrialState.COMPLETE and t.value is not None]
+    def start(self, study: optuna.Study) -> None:
+        """On a new study, by the worker that created it: the baselines and the design, as far as --n_trials goes."""
+        self._top_up(study, self.first_points())
 
-    def advance(self, study: optuna.Study, _trial: Any = None) -> None:
-        """Optuna callback (also called when a run starts): once every design trial has finished, enqueue the
-        refinement points, once per study."""
-        from optuna.trial import TrialState
-
-        if study.user_attrs.get(REFINED_ATTR):
+    def resume(self, study: optuna.Study) -> None:
+        """When a run starts on a study that has finished trials: what the stage still misses (the rest of the
+        design or of the refinement, when an earlier run's --n_trials stopped it), and the refinement itself when
+        the design finished without it. A fresh study is left to its creator (``start``), so that workers starting
+        together do not enqueue its points twice."""
+        if not any(t.state in FINISHED for t in study.get_trials(deepcopy=False)):
             return
-        trials = self.scale_trials(study)
-        if not trials or any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
-            return
-        study.set_user_attr(REFINED_ATTR, True)
+        self._refine(study, None)
+        self._top_up(study, self._planned(study))
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback: when the design's last trial has finished, decide and enqueue the refinement."""
+        if self._refine(study, trial):
+            self._top_up(study, self._planned(study))
+
+    def _planned(self, study: optuna.Study) -> list[tuple[float, ...]]:
+        return self.first_points() + [tuple(p) for p in study.user_attrs.get(REFINEMENT_ATTR) or []]
+
+    def _refine(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> bool:
+        """Decide the refinement once the design has finished. With several workers exactly one decides: the one
+        whose design trial finished last (all see the same finished trials once none is pending)."""
+        if REFINEMENT_ATTR in study.user_attrs:
+            return False
+        first = set(self.first_points())
+        design = [t for t in self.scale_trials(study) if self._scales(t) in first]
+        if {self._scales(t) for t in design} != first or any(t.state not in (*FINISHED, TrialState.FAIL)
+                                                             for t in design):
+            return False
+        if trial is not None:
+            last = max(design, key=lambda t: (t.datetime_complete or datetime.min, t.number))
+            if last.number != trial.number:
+                return False
         points = refinement(self.tried(study), self.space.weight_min, self.space.weight_max)
-        for point in points:
-            self._enqueue(study, point)
+        study.set_user_attr(REFINEMENT_ATTR, [list(p) for p in points])
         if points:
-            log.info("scale stage: best so far %s; refining with %s", self.best_scales(study),
+            log.info("scale stage: best scale %s; refining with %s", self.best_scales(study),
                      ", ".join("(" + ", ".join(f"{v:g}" for v in p) + ")" for p in points))
+        return True
+
+    def _top_up(self, study: optuna.Study, planned: list[tuple[float, ...]]) -> None:
+        """Enqueue the planned points no trial holds yet, as many as the run's --n_trials leaves room for."""
+        trials = study.get_trials(deepcopy=False)
+        existing = {self._scales(t) for t in trials if t.user_attrs.get(STAGE_ATTR) == SCALE_STAGE}
+        missing = [p for p in planned if p not in existing]
+        busy = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+        finished = sum(t.state in FINISHED for t in trials)
+        room = self.n_trials - finished - busy if self.n_trials else len(missing)
+        for point in missing[:max(room, 0)]:
+            self._enqueue(study, point)
 
     def best_scales(self, study: optuna.Study) -> tuple[float, ...]:
         """The scales of the best finished scale-stage trial (w = 1, clipped, before any has finished)."""
@@ -277,9 +319,6 @@ def shape_distributions(space: ScaledSpace, stepped: dict[str, tuple[float, floa
     return out
 
 
-def scale_trial_count(n_vectors: int, weight_min: float, weight_max: float) -> int:
-    """Trials of the scale stage before its refinement (for the plan and the docs)."""
-    return 2 + len(design(n_vectors, weight_min, weight_max))
 
 
 

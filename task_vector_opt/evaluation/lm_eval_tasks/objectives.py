@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 TASK_METRIC = "task"
 CHOICE_PROB = "choice_prob"
-OBJECTIVES = (TASK_METRIC, CHOICE_PROB)
+AUTO = "auto"  # choice_prob where a task allows it (multiple choice, an acc-like metric), its own metric elsewhere
+OBJECTIVES = (AUTO, CHOICE_PROB, TASK_METRIC)
 # The per-choice scores each multiple-choice metric takes the argmax of (lm-eval's process_results).
 NORMALIZERS = {"acc": None, "acc_norm": "chars", "acc_bytes": "bytes"}
 
@@ -30,6 +31,13 @@ def check_objective(task: Task, metric: str) -> str | None:
     if metric not in NORMALIZERS:
         return f"its metric is {metric!r}; choice_prob follows acc, acc_norm or acc_bytes"
     return None
+
+
+def task_objective(requested: str, task: Task, metric: str) -> str:
+    """The objective one task is searched on: ``auto`` takes choice_prob wherever it can score the task."""
+    if requested == AUTO:
+        return CHOICE_PROB if check_objective(task, metric) is None else TASK_METRIC
+    return requested
 
 
 def gold_indices(task: Task, doc: dict, n_choices: int) -> list[int]:

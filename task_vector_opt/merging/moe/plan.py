@@ -35,8 +35,8 @@ def dry_run_plan(config, evaluator_line: str, searched: Callable[[list[str], int
     merge = config.merge or MergeSettings()
     n_groups = len(ordered_groups(groups))
     n_densities = 0 if not merge.sparsifies else n_vectors * (n_groups if merge.density_per_group else 1)
-    params = searched(ordered_groups(groups), n_vectors)
-    per_expert = {expert_label(i): sum(1 for p in params if f"{expert_label(i)}/" in f"{p}/")
+    proposed = searched(ordered_groups(groups), n_vectors)
+    per_expert = {expert_label(i): sum(1 for p in proposed if f"{expert_label(i)}/" in f"{p}/")
                   for i in range(settings.n_experts)}
     itemsize = DTYPES[config.dtype].itemsize
     dense = sum(p.numel() for p in params.values()) * itemsize
@@ -48,7 +48,7 @@ def dry_run_plan(config, evaluator_line: str, searched: Callable[[list[str], int
         "moe_base_expert": settings.base_index + 1, "gate_mode": settings.gate_mode,
         "experts_per_token": settings.experts_per_token, "dtype": config.dtype, "optimize_mode": config.optimize_mode,
         "scale_search": "on" if config.scale_first else "off",
-        "weights": len(params), "weights_per_expert": per_expert, "tensors": len(groups),
+        "weights": len(proposed), "weights_per_expert": per_expert, "tensors": len(groups),
         "task_vectors": n_vectors, "merge_method": merge.method, "densities": n_densities,
         "sampler": config.sampler, "n_trials": config.n_trials,
         "memory_estimate_gib": {"moe (live)": gib(moe), "targets' originals": gib(moe), "task vectors": gib(n_vectors * dense)},
