@@ -37,12 +37,17 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
     extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
     check_storage(config.storage, config.study_name if config.finalize else None)
+    if args.study_name:  # a default name hashes the identity; a chosen one may name a study of other inputs
+        from task_vector_opt.search.existing import check_named_study
+
+        check_named_study(config.storage, config.study_name, config.study_identity())
     if not config.search_only:  # a search-only worker writes no model
         config.saved_output = pipeline.check_outputs(config, holds_this_studys_model(config))
     if config.saved_output is None and not config.finalize:
         from task_vector_opt.search.existing import related_study_note
 
-        note = related_study_note(config, beside_default_runs=args.run_dir is None and args.storage is None)
+        default_run_dir = config.run_dir if args.run_dir is None and args.storage is None else None
+        note = related_study_note(config.storage, config.study_name, config.study_identity(), default_run_dir)
         if note:
             log.warning(note)
     return config
@@ -127,7 +132,7 @@ def holds_this_studys_model(config: RunConfig) -> Callable[[Path], bool]:
         if not best_trial:
             from task_vector_opt.search.existing import finished_best_trial
 
-            best_trial.append(finished_best_trial(config))
+            best_trial.append(finished_best_trial(config.storage, config.study_name, config.n_trials))
         return best_trial[0] is not None and trial == best_trial[0]
 
     return holds

@@ -148,7 +148,14 @@ def _read_yaml(path: str) -> MergekitMoEConfig:
     if not file.is_file():
         raise UsageError("--moe_config", f"{path!r} is not a file; give a mergekit-moe YAML config")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")  # a BOM, as some editors write it, is skipped by YAML
+    except UnicodeDecodeError as exc:  # e.g. Shift-JIS prompts saved by a Windows editor, or a binary file
+        raise UsageError("--moe_config", f"{path!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+                                         "file as UTF-8") from None
+    except OSError as exc:
+        raise UsageError("--moe_config", f"{path!r}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = first_line(exc)
         raise UsageError("--moe_config", f"{path!r} is not valid YAML ({first}); fix the file") from None
