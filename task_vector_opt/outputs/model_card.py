@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCardData
 
-from task_vector_opt.cli.config import is_hub_id
+from task_vector_opt.sources import is_hub_id
 from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, part_names, score_rows
 
 TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]
