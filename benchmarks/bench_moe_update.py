@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from task_vector_opt.cli.config import ModelSource, RunConfig  # noqa: E402
+from task_vector_opt.run_config import RunConfig  # noqa: E402
+from task_vector_opt.sources import ModelSource  # noqa: E402
 from task_vector_opt.merging.moe.routers import random_router_vectors  # noqa: E402
 from task_vector_opt.merging.moe.workspace import prepare  # noqa: E402
 from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings  # noqa: E402

@@ -16,11 +16,11 @@ import optuna
 import torch
 
 from task_vector_opt import __version__
-from task_vector_opt.cli.config import RunConfig
+from task_vector_opt.run_config import RunConfig
 from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
 from task_vector_opt.evaluation.protocol import Evaluator, Score
 from task_vector_opt.merging.grouping import group_names, ordered_groups
-from task_vector_opt.merging.merger import Merger
+from task_vector_opt.merging.merger import HOST_RESERVE, Merger
 from task_vector_opt.merging.methods import DENSITY_STEP
 from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
 from task_vector_opt.outputs.search_text import search_sentence
@@ -28,6 +28,7 @@ from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
 from task_vector_opt.merging.task_vector import build_task_vector
+from task_vector_opt.merging.workspace import Workspace
 from task_vector_opt.errors import UsageError
 from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 from task_vector_opt.search.samplers import make_sampler
@@ -39,7 +40,6 @@ from task_vector_opt.search.verdict import holdout_verdict
 log = logging.getLogger(__name__)
 
 EvaluatorFactory = Callable[[RunConfig], Evaluator]
-HOST_RESERVE = 0.25  # of a model's size, kept free for activations when placing the copies on the GPU
 
 
 @dataclass
@@ -85,25 +85,6 @@ def choose_store_device(config: RunConfig, model_bytes: int) -> str:
 def baseline_values(study: optuna.Study) -> dict[str, float]:
     return {t.user_attrs["baseline"]: t.value for t in study.get_trials(deepcopy=False, states=FINISHED)
             if "baseline" in t.user_attrs and t.value is not None}
-
-
-@dataclass
-class Workspace:
-    """Everything a trial needs, loaded once per process: the live model and the merger that rewrites it."""
-
-    model: Any
-    tokenizer: Any
-    merger: Merger
-    group_order: list[str]  # the weights the sampler proposes, in a stable order
-    n_tensors: int
-    # Saves the best merge (already applied); default: the live model to --output_dir. The MoE saves its experts.
-    save: Callable[[RunConfig, "RunResult", dict], Path] | None = None  # (config, result, report files)
-    # Searched parameters besides the weights, {name: (low, high, step)}: the densities of TIES / DARE
-    densities: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-
-    def baseline_fixed(self) -> dict[str, float]:
-        """What the w=0 / w=1 baselines use besides the weights: the highest density searched."""
-        return {name: high for name, (_low, high, _step) in self.densities.items()}
 
 
 def prepare(config: RunConfig) -> Workspace:
@@ -278,7 +259,7 @@ def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: Run
     merge_recipe = recipe(config, result, ws.n_tensors)
     side_files = run_outputs(study, result.holdout, merge_recipe, ws.model, ws.merger)  # report, card, mergekit
     if ws.save is not None:  # e.g. the MoE: each expert to <output_dir>-N, the report beside the first
-        result.output_dir = ws.save(config, result, side_files)
+        result.output_dir = ws.save(config, merge_recipe, side_files)
     else:
         result.output_dir = save_model(ws.model, ws.tokenizer, config.output_dir, config.overwrite_output_dir,
                                        {"merge_recipe.json": merge_recipe, **side_files})

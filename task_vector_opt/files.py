@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a rerun after kill -9) never sees half a file or half a model directory."""
+"""Atomic writes: a reader (or a rerun after kill -9) never sees half a file or half a model directory; and the
+checks, before any model loads, that a directory can take them."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from task_vector_opt.errors import UsageError
 
@@ -80,3 +81,34 @@ def write_side_files(directory: Path, files: dict[str, Any]) -> None:
             write_atomic(directory / name, payload)
         else:
             write_json_atomic(directory / name, payload)
+
+
+def check_writable_dir(flag: str, value: str) -> None:
+    """The nearest existing ancestor must be a directory we can really create files in."""
+    path = Path(value).expanduser()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(str(probe))
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(flag, f"{value!r} is not a writable directory ({exc.strerror or exc}); choose a directory "
+                               "you can write to") from None
+
+
+def check_output_dir(value: str, overwrite: bool, holds_saved_model: Callable[[Path], bool] | None = None) -> bool:
+    """A directory the model can be saved to. A non-empty one is refused (unless ``overwrite``), except when
+    ``holds_saved_model`` says it already holds this study's saved best model: then True (nothing left to do)."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError("--output_dir", f"{value!r} is a file; give a directory path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        if holds_saved_model is not None and holds_saved_model(path):
+            return True
+        raise UsageError("--output_dir", f"{value!r} exists and is not empty; choose a new directory or pass "
+                                         "--overwrite_output_dir")
+    check_writable_dir("--output_dir", value)
+    return False

@@ -6,8 +6,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from task_vector_opt.cli.config import ModelSource, RunConfig
-from task_vector_opt.engine import RunResult
+from task_vector_opt.run_config import RunConfig
+from task_vector_opt.sources import ModelSource
+from task_vector_opt.engine import RunResult, recipe
 from task_vector_opt.merging.moe.routers import hidden_router_vectors, random_router_vectors
 from task_vector_opt.merging.moe.save import save_outputs
 from task_vector_opt.merging.moe.workspace import prepare
@@ -96,7 +97,8 @@ def test_in_memory_moe_equals_the_moe_composed_on_disk_tensor_for_tensor(models,
             assert torch.equal(live[name], tensor), name
 
     # the saved experts are the reference experts, and the saved MoE reloads to the live one
-    save_outputs(config, RunResult("s", 0.0, 0, weights), ws)
+    save_outputs(config, recipe(config, RunResult("s", 0.0, 0, weights), ws.n_tensors), ws.moe, ws.expert_dirs,
+                 ws.tokenizer)
     for expert, reference in enumerate(expert_dirs):
         saved = load_file(tmp_path / f"moe-{expert + 1}" / "model.safetensors")
         expected = load_file(reference / "model.safetensors")

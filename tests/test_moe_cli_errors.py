@@ -1,4 +1,7 @@
 """Each bad MoE input gets one line naming the flag, exit code 2, and no model is loaded."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +209,55 @@ def test_profile_mode_is_refused_for_the_moe_scripts(models, tmp_path, capsys):
 def test_pruner_without_prune_is_refused_for_mt_bench_too(models, tmp_path, capsys):
     argv = args(models, tmp_path, models["target"], models["target2"]) + ["--pruner", "hyperband"]
     fails_with(argv, capsys, "--pruner", "without --prune")
+
+
+SHIFT_JIS_PREFIX = "gate_mode: hidden\nexperts:\n  - source_model: target_model_1\n    positive_prompts: ['"
+
+
+def write_encoded(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def shift_jis_config(tmp_path) -> tuple[str, int]:
+    """The prompts as a Japanese Windows editor saves them (Shift-JIS); the first Japanese byte's offset."""
+    text = (SHIFT_JIS_PREFIX + "日本語で答えてください。']\n  - source_model: target_model_2\n"
+            "    positive_prompts: ['次の計算をしてください。']\n")
+    return write_encoded(tmp_path, "moe_sjis.yaml", text.encode("shift_jis")), len(SHIFT_JIS_PREFIX)
+
+
+@pytest.mark.parametrize("kind", ["Shift-JIS", "binary"])
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(models, tmp_path, capsys, kind):
+    if kind == "Shift-JIS":
+        path, byte = shift_jis_config(tmp_path)
+    else:  # e.g. a model file given by mistake: a zip's header, then bytes UTF-8 cannot start with
+        path, byte = write_encoded(tmp_path, "moe.bin", b"PK\x03\x04\x14\x00\xff\xfe\x00\x01"), 6
+    fails_with(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", path], capsys,
+               "--moe_config", repr(path), "not UTF-8 text", f"at byte {byte})", "save the file as UTF-8")
+
+
+def test_a_utf8_config_with_a_byte_order_mark_is_read(models, tmp_path, capsys):
+    text = ("gate_mode: cheap_embed\nexperts_per_token: 1\nexperts:\n  - source_model: target_model_1\n"
+            "    positive_prompts: ['日本語で答えてください。']\n  - source_model: target_model_2\n"
+            "    positive_prompts: ['次の計算をしてください。']\n")
+    path = write_encoded(tmp_path, "moe_bom.yaml", text.encode("utf-8-sig"))
+    plan = plan_of(args(models, tmp_path, models["target"], models["target2"]) + ["--moe_config", path], capsys)
+    assert plan["gate_mode"] == "cheap_embed" and plan["experts_per_token"] == 1
+
+
+@pytest.mark.e2e
+def test_a_shift_jis_config_through_the_launcher_is_one_line_and_exit_2_before_anything_is_written(
+        models, tmp_path):
+    path, byte = shift_jis_config(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "run_merge_mt_bench_moe_2_experts.sh"),
+                           *args(models, tmp_path, models["target"], models["target2"]),
+                           "--cache_dir", str(tmp_path / "hf_cache"), "--moe_config", path],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err == (f"error: --moe_config: {path!r}: not UTF-8 text (invalid start byte at byte {byte}); save the "
+                   "file as UTF-8")
+    assert not (tmp_path / "run").exists()  # no study was opened

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from task_vector_opt.cli.config import ModelSource
+from task_vector_opt.sources import ModelSource
 from task_vector_opt.merging.grouping import group_names
 from task_vector_opt.merging.merger import Merger
 from task_vector_opt.merging.methods import MergeSettings

@@ -6,13 +6,12 @@ RunConfig, raising UsageError (one line, exit code 2) before anything heavy happ
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from task_vector_opt.errors import SearchAborted, UsageError
+from task_vector_opt.evaluation.bench.files import DEFAULT_BENCH_DIR, DEFAULT_JUDGE_FILE
+from task_vector_opt.errors import UsageError, parse_one_line, run_cli  # run_cli: the entry scripts' wrapper
 
 DEFAULT_JGLUE_TASKS = "jcommonsenseqa-1.1-0.3,marc_ja-1.1-0.2,jnli-1.3-0.2,jsquad-1.1-0.2"
 
@@ -232,37 +231,8 @@ class CommandLine:
         return parser
 
 
-def parse_one_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """argparse with its own errors turned into UsageError (one line, exit 2)."""
-
-    def error(message: str) -> None:  # argparse's default prints usage; we print one line
-        raise UsageError(None, f"{message} (see --help)")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser.parse_args(argv)
-
-
 def parse_namespace(command_line: CommandLine, argv: Sequence[str] | None) -> argparse.Namespace:
     return parse_one_line(command_line.parser(), argv)
-
-
-def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
-    """Run an entry point: UsageError becomes one line on stderr and its exit code."""
-    try:
-        main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except SearchAborted as exc:  # completed trials are kept in the storage; rerunning resumes
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        logging.getLogger(__name__).warning("interrupted; completed trials are kept in the study storage")
-        # A storage connection the interrupt caught mid-query is reset when it is collected at exit; SQLAlchemy
-        # logs that reset's error with a traceback. The open transaction is rolled back either way (completed
-        # trials were committed before), so after Ctrl-C that message is noise.
-        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
-        sys.exit(130)
 
 
 # MT-Bench judge (task_vector_opt.evaluation.judges). "Cohere" is the original scripts' judge name: it
@@ -297,10 +267,9 @@ JUDGE_FLAGS = [
 BENCH_FLAGS = [
     Flag("--bench_name", "Bench to answer: the folder <bench_dir>/<bench_name>/ holding question.jsonl (and "
          "reference_answer/<model>.jsonl), as in FastChat's llm_judge.", "example"),
-    Flag("--bench_dir", "FastChat's llm_judge data directory holding the benches.",
-         "FastChat/fastchat/llm_judge/data"),
+    Flag("--bench_dir", "FastChat's llm_judge data directory holding the benches.", DEFAULT_BENCH_DIR),
     Flag("--judge_file", "Judge prompts in FastChat's judge_prompts.jsonl format (single-v1, single-math-v1 and "
-         "their -multi-turn versions are used).", "FastChat/fastchat/llm_judge/data/judge_prompts.jsonl"),
+         "their -multi-turn versions are used).", DEFAULT_JUDGE_FILE),
     Flag("--max_new_tokens", "Most tokens generated per answer turn (as FastChat's gen_model_answer).", 512,
          type=int),
     Flag("--gen_batch_size", "Questions answered at once by the live model (left-padded batches).", 8, type=int),

@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import DTYPE_FLAG, JGLUE_FLAGS, MT_BENCH_FLAGS, CommandLine, Flag, parse_namespace, run_cli
-from task_vector_opt.cli.config import ModelSource, PipelineExtras
+from task_vector_opt.run_config import PipelineExtras
+from task_vector_opt.sources import ModelSource
 from task_vector_opt.errors import UploadFailed, first_line
 from task_vector_opt.cli.validation import check_model_output, validate
 from task_vector_opt.evaluation.protocol import Evaluator

@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from task_vector_opt.search.samplers import SAMPLERS
-from task_vector_opt.cli.config import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource, RunConfig, default_study_name
 from task_vector_opt.errors import UsageError
+from task_vector_opt.files import check_output_dir, check_writable_dir
 from task_vector_opt.merging.grouping import AUTO_MODE, OPTIMIZE_MODES
+from task_vector_opt.merging.models import check_model_source
+from task_vector_opt.run_config import RunConfig, default_study_name
+from task_vector_opt.sources import ModelSource
 
 if TYPE_CHECKING:
     from task_vector_opt.merging.methods import MergeSettings
@@ -37,72 +39,20 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
     extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
     check_storage(config.storage, config.study_name if config.finalize else None)
+    if args.study_name:  # a default name hashes the identity; a chosen one may name a study of other inputs
+        from task_vector_opt.search.existing import check_named_study
+
+        check_named_study(config.storage, config.study_name, config.study_identity())
     if not config.search_only:  # a search-only worker writes no model
         config.saved_output = pipeline.check_outputs(config, holds_this_studys_model(config))
     if config.saved_output is None and not config.finalize:
         from task_vector_opt.search.existing import related_study_note
 
-        note = related_study_note(config, beside_default_runs=args.run_dir is None and args.storage is None)
+        default_run_dir = config.run_dir if args.run_dir is None and args.storage is None else None
+        note = related_study_note(config.storage, config.study_name, config.study_identity(), default_run_dir)
         if note:
             log.warning(note)
     return config
-
-
-def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
-    """A local dir must hold a config and weights that open (each *.safetensors: its header, and that the file
-    holds all the data the header declares); anything else must look like a hub id."""
-    path = Path(source.name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UsageError(source.flag, f"directory {source.name_or_path!r} has no config.json; point it at a saved "
-                                          "Hugging Face model directory")
-        if any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
-            from task_vector_opt.merging.models import check_weight_files
-
-            check_weight_files(path, source.flag)  # a truncated download or an HTML page, before any model loads
-            return
-        if any(any(path.glob(p)) for p in PICKLE_PATTERNS):
-            if allow_pickle:
-                return
-            raise UsageError(source.flag, f"directory {source.name_or_path!r} holds only pickle weights (.bin/.pt); convert "
-                                          "them to safetensors or pass --allow_pickle if you trust the file")
-        raise UsageError(source.flag, f"directory {source.name_or_path!r} has no *.safetensors weights")
-    if path.exists():
-        raise UsageError(source.flag, f"{source.name_or_path!r} is a file, not a model directory or a hub id")
-    if not source.is_hub_id:
-        raise UsageError(source.flag, f"{source.name_or_path!r} is neither a directory with model weights nor a Hugging Face "
-                                      "hub id (like mistralai/Mistral-7B-v0.1); check the path")
-
-
-def check_writable_dir(flag: str, value: str) -> None:
-    """The nearest existing ancestor must be a directory we can really create files in."""
-    path = Path(value).expanduser()
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(str(probe))
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise UsageError(flag, f"{value!r} is not a writable directory ({exc.strerror or exc}); choose a directory "
-                               "you can write to") from None
-
-
-def check_output_dir(value: str, overwrite: bool, holds_saved_model: Callable[[Path], bool] | None = None) -> bool:
-    """A directory the model can be saved to. A non-empty one is refused (unless ``overwrite``), except when
-    ``holds_saved_model`` says it already holds this study's saved best model: then True (nothing left to do)."""
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UsageError("--output_dir", f"{value!r} is a file; give a directory path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        if holds_saved_model is not None and holds_saved_model(path):
-            return True
-        raise UsageError("--output_dir", f"{value!r} exists and is not empty; choose a new directory or pass "
-                                         "--overwrite_output_dir")
-    check_writable_dir("--output_dir", value)
-    return False
 
 
 def check_model_output(config: RunConfig, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
@@ -127,7 +77,7 @@ def holds_this_studys_model(config: RunConfig) -> Callable[[Path], bool]:
         if not best_trial:
             from task_vector_opt.search.existing import finished_best_trial
 
-            best_trial.append(finished_best_trial(config))
+            best_trial.append(finished_best_trial(config.storage, config.study_name, config.n_trials))
         return best_trial[0] is not None and trial == best_trial[0]
 
     return holds

@@ -18,6 +18,7 @@ from task_vector_opt.merging.methods import (DENSITY_GRID, MergeSettings, ParamN
 from task_vector_opt.merging.task_vector import VectorEntry
 
 TensorSetting = float | tuple  # one vector, task arithmetic: its weight; otherwise (weights, densities)
+HOST_RESERVE = 0.25  # of a model's size, kept free for activations when placing the copies on the GPU
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from task_vector_opt.cli.config import ModelSource, PICKLE_PATTERNS
+from task_vector_opt.sources import PICKLE_PATTERNS, WEIGHT_PATTERNS, ModelSource
 from task_vector_opt.errors import UsageError, first_line
 from task_vector_opt.files import atomic_directory, write_side_files
 
@@ -31,6 +31,30 @@ def resolve_config(source: ModelSource, cache_dir: str | None) -> Path:
     if source.is_local:
         return Path(source.name_or_path).expanduser()
     return _download(source, cache_dir, ["config.json"])
+
+
+def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
+    """A local dir must hold a config and weights that open (each *.safetensors: its header, and that the file
+    holds all the data the header declares); anything else must look like a hub id."""
+    path = Path(source.name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(source.flag, f"directory {source.name_or_path!r} has no config.json; point it at a saved "
+                                          "Hugging Face model directory")
+        if any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
+            check_weight_files(path, source.flag)  # a truncated download or an HTML page, before any model loads
+            return
+        if any(any(path.glob(p)) for p in PICKLE_PATTERNS):
+            if allow_pickle:
+                return
+            raise UsageError(source.flag, f"directory {source.name_or_path!r} holds only pickle weights (.bin/.pt); convert "
+                                          "them to safetensors or pass --allow_pickle if you trust the file")
+        raise UsageError(source.flag, f"directory {source.name_or_path!r} has no *.safetensors weights")
+    if path.exists():
+        raise UsageError(source.flag, f"{source.name_or_path!r} is a file, not a model directory or a hub id")
+    if not source.is_hub_id:
+        raise UsageError(source.flag, f"{source.name_or_path!r} is neither a directory with model weights nor a Hugging Face "
+                                      "hub id (like mistralai/Mistral-7B-v0.1); check the path")
 
 
 def _download(source: ModelSource, cache_dir: str | None, patterns: list[str]) -> Path:
@@ -216,11 +240,20 @@ class WeightFiles:
         self._handles.clear()
 
 
+def is_vlm_config(config: Any) -> bool:
+    """A transformers config (or its dict) that has a vision tower."""
+    if isinstance(config, dict):
+        return config.get("vision_config") is not None
+    return getattr(config, "vision_config", None) is not None
+
+
+def is_vlm(model: Any) -> bool:
+    return is_vlm_config(getattr(model, "config", None))
+
+
 def auto_class_for(config):
     """AutoModelForImageTextToText for a vision-language model (its own class), AutoModelForCausalLM otherwise."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    from task_vector_opt.merging.vlm import is_vlm_config
 
     return AutoModelForImageTextToText if is_vlm_config(config) else AutoModelForCausalLM
 
@@ -268,8 +301,6 @@ def save_model(model, tokenizer, output_dir: Path, overwrite: bool, extra_files:
 def save_processor_of(model, tokenizer, directory: Path) -> None:
     """A VLM is saved whole: its processor (image processor, chat template) beside the tokenizer, from the
     target's directory unless the tokenizer given already is that processor."""
-    from task_vector_opt.merging.vlm import is_vlm
-
     if not is_vlm(model) or hasattr(tokenizer, "image_processor"):
         return
     from transformers import AutoProcessor

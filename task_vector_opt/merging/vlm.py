@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from task_vector_opt.errors import UsageError
+from task_vector_opt.merging.models import WeightFiles, is_vlm, is_vlm_config
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,6 @@ LANGUAGE_MODEL_FAMILIES: dict[str, str] = {
 # Fields that must agree between the VLM's language model and base/tuned (vocab_size may differ: image tokens).
 SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
                 "num_key_value_heads")
-
-
-def is_vlm_config(config: Any) -> bool:
-    """A transformers config (or its dict) that has a vision tower."""
-    if isinstance(config, dict):
-        return config.get("vision_config") is not None
-    return getattr(config, "vision_config", None) is not None
-
-
-def is_vlm(model: Any) -> bool:
-    return is_vlm_config(getattr(model, "config", None))
 
 
 def checkpoint_name(name: str) -> str | None:
@@ -101,8 +91,6 @@ def text_config_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpoint_keys(directory: Path) -> list[str]:
-    from task_vector_opt.merging.models import WeightFiles
-
     files = WeightFiles(directory)  # reads the index or the safetensors headers, not the tensors
     try:
         return files.keys()

@@ -43,7 +43,7 @@ def layout_from_merger(model, merger) -> MergeLayout | None:
         return None
     vector = merger.vector
     partial = {name: entry.rows for name, entry in vector.items() if entry.rows is not None}
-    from task_vector_opt.merging.vlm import is_vlm
+    from task_vector_opt.merging.models import is_vlm
 
     return MergeLayout([name for name, _ in model.named_parameters()], {n: merger.groups[n] for n in vector}, partial,
                        vision_language=is_vlm(model))

@@ -8,7 +8,7 @@ import yaml
 from huggingface_hub import ModelCardData
 
 from task_vector_opt.outputs.search_text import search_flags, search_sentence
-from task_vector_opt.cli.config import is_hub_id
+from task_vector_opt.sources import is_hub_id
 from task_vector_opt.outputs.report import HISTORY_PNG, REPORT_HTML, WEIGHTS_PNG, StudyView, part_names, score_rows
 
 TAGS = ["merge", "task-vector", "chat-vector", "task_vector_opt"]

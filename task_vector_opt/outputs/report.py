@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from task_vector_opt.outputs.search_text import search_sentence
-from task_vector_opt.errors import UsageError
+from task_vector_opt.errors import UsageError, parse_one_line, run_cli
 from task_vector_opt.files import write_side_files
 
 log = logging.getLogger(__name__)
@@ -449,8 +449,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from task_vector_opt.cli.flags import parse_one_line
-    from task_vector_opt.cli.validation import check_writable_dir
+    from task_vector_opt.files import check_writable_dir
 
     args = parse_one_line(parser(), argv)
 
@@ -464,6 +463,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from task_vector_opt.cli.flags import run_cli
-
     run_cli(main)

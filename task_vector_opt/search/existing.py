@@ -1,7 +1,12 @@
 """What the storages already hold for a run, read before any model loads: whether this study is finished (so a
-saved model can be recognised), and which other study of the same models a rerun would have resumed."""
+saved model can be recognised), whether a study named on the command line was made with this run's inputs, and
+which other study of the same models a rerun would have resumed.
+
+A run is named here by its storage URL, study name and identity (the run config's ``study_identity()``), so this
+stage does not depend on the command line's config."""
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +14,6 @@ from typing import Any, Iterator
 
 import optuna
 
-from task_vector_opt.cli.config import RunConfig
 from task_vector_opt.errors import UsageError
 from task_vector_opt.identity import differences, flatten
 
@@ -53,35 +57,36 @@ def _opened(url: str) -> Iterator[optuna.storages.BaseStorage | None]:
             engine.dispose()
 
 
-def finished_best_trial(config: RunConfig) -> int | None:
-    """The number of the study's best trial when the study has its --n_trials finished, else None."""
+def finished_best_trial(storage_url: str, study_name: str, n_trials: int) -> int | None:
+    """The number of the study's best trial when the study has its ``n_trials`` finished, else None."""
     from task_vector_opt.search.study import finished_trials
 
-    with _opened(config.storage) as storage:
+    with _opened(storage_url) as storage:
         if storage is None:
             return None
         try:
-            study = optuna.load_study(study_name=config.study_name, storage=storage)
-            if finished_trials(study) < config.n_trials:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            if finished_trials(study) < n_trials:
                 return None
             return study.best_trial.number
         except (KeyError, ValueError):  # no such study; no completed trial
             return None
 
 
-def _storages_to_look_in(config: RunConfig, beside_default_runs: bool) -> list[str]:
-    """This run's storage; with the default run directory and storage, also the other runs/<study>/study.db."""
-    urls = [config.storage]
-    if beside_default_runs:
-        mine = (config.run_dir / "study.db").resolve()
-        siblings = sorted(config.run_dir.parent.glob("*/study.db"), key=lambda p: p.stat().st_mtime, reverse=True)
+def _storages_to_look_in(storage_url: str, run_dir: Path | None) -> list[str]:
+    """This run's storage; with the default run directory and storage (``run_dir``), also the other
+    runs/<study>/study.db."""
+    urls = [storage_url]
+    if run_dir is not None:
+        mine = (run_dir / "study.db").resolve()
+        siblings = sorted(run_dir.parent.glob("*/study.db"), key=lambda p: p.stat().st_mtime, reverse=True)
         urls += [f"sqlite:///{path.resolve()}" for path in siblings[:MAX_SIBLINGS] if path.resolve() != mine]
     return urls
 
 
-def _identity_of(summary: optuna.study.StudySummary) -> tuple[dict[str, Any] | None, bool]:
-    """(what defined that study, whether it is its full identity rather than the recipe inputs of an older run)"""
-    attrs = summary.user_attrs
+def _identity_of(attrs: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """(what defined a study, from its user attrs; whether it is its full identity rather than the recipe inputs
+    of an older run)"""
     if isinstance(attrs.get(IDENTITY_ATTR), dict):
         return attrs[IDENTITY_ATTR], True
     if isinstance(attrs.get(INPUTS_ATTR), dict):
@@ -94,12 +99,54 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def related_study_note(config: RunConfig, beside_default_runs: bool) -> str | None:
+def _named(differing: list[tuple[str, Any, Any]]) -> str:
+    """'optimize_mode ('layer' -> 'parameter'), ...': the first few differences, theirs -> this run's."""
+    named = ", ".join(f"{key} ({_shown(old)} -> {_shown(new)})" for key, old, new in differing[:MAX_NAMED])
+    return named + (f" and {len(differing) - MAX_NAMED} more" if len(differing) > MAX_NAMED else "")
+
+
+def _comparable(identity: dict[str, Any], theirs: dict[str, Any], full: bool) -> tuple[Any, Any]:
+    """(this run's side, theirs) to compare: whole identities, or for an older study that holds only its recipe
+    inputs, the leaves that both recorded."""
+    identity = json.loads(json.dumps(identity, default=str))  # as the storage holds it: tuples are lists
+    if full:
+        return identity, theirs
+    known = flatten(identity)
+    theirs = {key: value for key, value in flatten(theirs).items() if key in known}
+    return {key: value for key, value in known.items() if key in theirs}, theirs
+
+
+def check_named_study(storage_url: str, study_name: str, identity: dict[str, Any]) -> None:
+    """A study named with --study_name that exists must have been made with this run's inputs: resuming or
+    joining it with others would mix two experiments (or fail on a weight it does not know). UsageError naming
+    what differs otherwise. A study that recorded neither its identity nor its inputs cannot be checked."""
+    from task_vector_opt.search.study import redact
+
+    with _opened(storage_url) as storage:
+        if storage is None:
+            return
+        try:
+            attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
+        except KeyError:  # no such study yet: this run creates it
+            return
+    theirs, full = _identity_of(attrs)
+    if theirs is None:
+        return
+    differing = differences(*_comparable(identity, theirs, full))
+    if differing:
+        raise UsageError("--study_name", f"study {study_name!r} in {redact(storage_url)} was made with other "
+                                         f"inputs: this run differs in {_named(differing)}; pass another "
+                                         "--study_name for a new study, or rerun with the study's own values to "
+                                         "resume it")
+
+
+def related_study_note(storage_url: str, study_name: str, identity: dict[str, Any],
+                       default_run_dir: Path | None = None) -> str | None:
     """One line when this run starts a new study while one for the same pipeline and models exists: the closest
-    such study and the inputs that differ, so the user can rerun with its values to resume it. None otherwise."""
-    identity = config.study_identity()
+    such study and the inputs that differ, so the user can rerun with its values to resume it. None otherwise.
+    ``default_run_dir``: this run's directory when it is the default one, to look in its siblings too."""
     best: tuple[int, str, list[tuple[str, Any, Any]]] | None = None
-    for url in _storages_to_look_in(config, beside_default_runs):
+    for url in _storages_to_look_in(storage_url, default_run_dir):
         with _opened(url) as storage:
             if storage is None:
                 continue
@@ -108,20 +155,14 @@ def related_study_note(config: RunConfig, beside_default_runs: bool) -> str | No
             except Exception:  # a foreign or damaged file in runs/ is not this run's problem
                 continue
             for summary in summaries:
-                if summary.study_name == config.study_name:
-                    if url == config.storage:
+                if summary.study_name == study_name:
+                    if url == storage_url:
                         return None  # this run resumes its own study
                     continue
-                theirs, full = _identity_of(summary)
+                theirs, full = _identity_of(summary.user_attrs)
                 if theirs is None or any(theirs.get(key) != identity.get(key) for key in SAME_MODELS):
                     continue
-                if not full:  # an older study: compare what both recorded
-                    known = flatten(identity)
-                    theirs = {key: value for key, value in flatten(theirs).items() if key in known}
-                    mine = {key: value for key, value in known.items() if key in theirs}
-                else:
-                    mine = identity
-                differing = differences(mine, theirs)
+                differing = differences(*_comparable(identity, theirs, full))
                 if best is None or len(differing) < best[0]:
                     best = (len(differing), summary.study_name, differing)
     if best is None:
@@ -130,7 +171,5 @@ def related_study_note(config: RunConfig, beside_default_runs: bool) -> str | No
     if not differing:
         return (f"a study for the same models with the same inputs exists under another name ({name}); pass "
                 f"--study_name {name} to resume it")
-    named = ", ".join(f"{key} ({_shown(old)} -> {_shown(new)})" for key, old, new in differing[:MAX_NAMED])
-    more = f" and {len(differing) - MAX_NAMED} more" if len(differing) > MAX_NAMED else ""
-    return (f"a study for the same models exists ({name}): this run differs in {named}{more}; rerun with those "
-            "values to resume it")
+    return (f"a study for the same models exists ({name}): this run differs in {_named(differing)}; rerun with "
+            "those values to resume it")

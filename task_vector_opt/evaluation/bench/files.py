@@ -20,7 +20,6 @@ from typing import Any, Iterator, TypeVar, Union
 
 from pydantic import ValidationError
 
-from task_vector_opt.cli.flags import BENCH_FLAGS
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.bench.schemas import JudgePromptRow, QuestionRow, ReferenceAnswerRow, Row
 
@@ -31,11 +30,11 @@ BENCH_DIR_FLAG = "--bench_dir"
 JUDGE_FILE_FLAG = "--judge_file"
 HOLDOUT_FILE_FLAG = "--holdout_question_file"
 
-# The default paths are the flag table's; named here because, when absent from the working directory, they
-# are looked up in the repository's own FastChat/ folder (settings._resolve_existing).
-_FLAG_DEFAULTS = {flag.name: flag.default for flag in BENCH_FLAGS}
-DEFAULT_BENCH_DIR: str = _FLAG_DEFAULTS[BENCH_DIR_FLAG]
-DEFAULT_JUDGE_FILE: str = _FLAG_DEFAULTS[JUDGE_FILE_FLAG]
+# FastChat's own layout: the defaults of --bench_dir and --judge_file (the flag table reads them here). When
+# absent from the working directory, they are looked up in the repository's own FastChat/ folder
+# (settings._resolve_existing).
+DEFAULT_BENCH_DIR = "FastChat/fastchat/llm_judge/data"
+DEFAULT_JUDGE_FILE = f"{DEFAULT_BENCH_DIR}/judge_prompts.jsonl"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 QUESTION_FILE = "question.jsonl"
 REFERENCE_DIR = "reference_answer"

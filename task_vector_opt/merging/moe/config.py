@@ -14,10 +14,10 @@ from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from task_vector_opt.cli.config import ModelSource
-from task_vector_opt.cli.validation import check_model_source
 from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.files import check_output_dir
 from task_vector_opt.identity import identity_when, outside_identity
+from task_vector_opt.sources import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,14 @@ def _read_yaml(path: str) -> MergekitMoEConfig:
     if not file.is_file():
         raise UsageError("--moe_config", f"{path!r} is not a file; give a mergekit-moe YAML config")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")  # a BOM, as some editors write it, is skipped by YAML
+    except UnicodeDecodeError as exc:  # e.g. Shift-JIS prompts saved by a Windows editor, or a binary file
+        raise UsageError("--moe_config", f"{path!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+                                         "file as UTF-8") from None
+    except OSError as exc:
+        raise UsageError("--moe_config", f"{path!r}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = first_line(exc)
         raise UsageError("--moe_config", f"{path!r} is not valid YAML ({first}); fix the file") from None
@@ -281,6 +288,8 @@ def check_expert_architectures(targets: list[ModelSource], cache_dir: str | None
 
 def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource]) -> MoESettings:
     """Validate the MoE flags and the YAML config against the targets; no weights are read."""
+    from task_vector_opt.merging.models import check_model_source  # loads torch, which the YAML alone does not need
+
     for source in targets:  # the common checks first: a mistyped path must not reach the hub client
         check_model_source(source, args.allow_pickle)
     data = _read_yaml(args.moe_config) if args.moe_config else None
@@ -320,8 +329,6 @@ def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource])
 def check_expert_output_dirs(output_dir: str, n_experts: int, overwrite: bool,
                              holds_saved_model: Callable[[Path], bool] | None = None) -> list[bool]:
     """Each <output_dir>-N the experts are saved to; for each, whether it already holds this study's save."""
-    from task_vector_opt.cli.validation import check_output_dir
-
     saved = []
     for index in range(n_experts):
         path = expert_output_dir(Path(output_dir).expanduser(), index)
@@ -336,8 +343,6 @@ def check_moe_outputs(config: Any, holds_saved_model: Callable[[Path], bool]) ->
     """The experts' directories (and --output_dir for --save_moe). Returns them, in the order the save returns
     its folder first, when every one the save writes already holds this study's saved model; a save found in
     only some of them is refused, as it cannot be completed without --overwrite_output_dir."""
-    from task_vector_opt.cli.validation import check_output_dir
-
     settings: MoESettings = config.extra["moe"]
     moe_saved = check_output_dir(str(config.output_dir), config.overwrite_output_dir, holds_saved_model)
     experts_saved = check_expert_output_dirs(str(config.output_dir), settings.n_experts, config.overwrite_output_dir,

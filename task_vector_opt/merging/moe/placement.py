@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from task_vector_opt.engine import HOST_RESERVE
+from task_vector_opt.merging.merger import HOST_RESERVE
 
 log = logging.getLogger(__name__)
 

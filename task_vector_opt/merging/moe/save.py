@@ -4,18 +4,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from task_vector_opt.engine import RunResult, formula, recipe
 from task_vector_opt.files import atomic_directory, write_json_atomic, write_side_files
 from task_vector_opt.merging.models import DTYPES, WeightFiles
+from task_vector_opt.merging.moe.build import InMemoryMoE
 from task_vector_opt.merging.moe.config import MergekitMoEConfig, MoEExpertEntry, MoESettings, expert_output_dir
 from task_vector_opt.merging.moe.layout import expert_label, expert_weights, mlp_location
-
-if TYPE_CHECKING:  # the workspace module imports this one to wire its save step
-    from task_vector_opt.merging.moe.workspace import MoEWorkspace
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +59,8 @@ def write_expert(target_dir: Path, live_tensors: dict[str, torch.Tensor], dtype:
     return out_dir
 
 
-def expert_live_tensors(ws: MoEWorkspace, expert: int) -> dict[str, torch.Tensor]:
+def expert_live_tensors(moe: InMemoryMoE, expert: int) -> dict[str, torch.Tensor]:
     """The dense parameter names of expert ``expert`` whose values live in the MoE."""
-    moe = ws.moe
     if expert == moe.base_index:
         return {name: param for name, param in moe.dense.named_parameters()}
     names = [n for n, _ in moe.dense.named_parameters() if mlp_location(n)]
@@ -87,35 +83,38 @@ def mergekit_yaml(settings: MoESettings, expert_paths: list[Path], dtype: str) -
     return note + yaml.safe_dump(config.model_dump(exclude_none=True), allow_unicode=True, sort_keys=False)
 
 
-def save_outputs(config, result: RunResult, ws: MoEWorkspace, report_files: dict | None = None) -> Path:
-    """Each expert's best merge to <output_dir>-N; with --save_moe the MoE itself to --output_dir.
+def save_outputs(config, base_recipe: dict[str, Any], moe: InMemoryMoE, expert_dirs: list[Path], tokenizer,
+                 report_files: dict | None = None) -> Path:
+    """Each expert's best merge (already applied to ``moe``) to <output_dir>-N; with --save_moe the MoE itself to
+    --output_dir. ``config`` is the run config; ``base_recipe`` the run's merge_recipe.json, which each expert's
+    recipe narrows to its own weights.
 
     ``report_files`` (report.html, plots, card) go beside the MoE, or beside expert 1 without --save_moe."""
     report_files = dict(report_files or {})
     settings: MoESettings = config.extra["moe"]
     dtype = DTYPES[config.dtype]
-    base_recipe = recipe(config, result, ws.n_tensors)
+    best_weights = base_recipe["weights"]
     paths = []
     for expert in range(settings.n_experts):
         path = expert_output_dir(config.output_dir, expert)
         # this expert's weights under a dense run's names, and the densities every expert shares
-        weights = {**expert_weights(result.best_weights, expert),
-                   **{k: v for k, v in result.best_weights.items() if k.startswith("density/")}}
-        merge = formula(config)
+        weights = {**expert_weights(best_weights, expert),
+                   **{k: v for k, v in best_weights.items() if k.startswith("density/")}}
+        merge = base_recipe["formula"]
         note = (f"MoE base expert: every tensor is {merge}" if expert == settings.base_index else
                 f"only the MLP weights enter the MoE; they are {merge}, every other tensor is the target's own")
         side = {"merge_recipe.json": {**base_recipe, "expert": expert + 1, "target": config.targets[expert].name_or_path,
                                       "note": note, "weights": weights}}
         if expert == 0 and not settings.save_moe:
             side.update(report_files)
-        write_expert(ws.expert_dirs[expert], expert_live_tensors(ws, expert), dtype, path,
+        write_expert(expert_dirs[expert], expert_live_tensors(moe, expert), dtype, path,
                      config.overwrite_output_dir, side)
         paths.append(path)
         log.info("saved expert %d to %s", expert + 1, path)
     if settings.save_moe:
         with atomic_directory(config.output_dir, config.overwrite_output_dir) as staging:
-            ws.model.save_pretrained(staging, max_shard_size="5GB")
-            ws.tokenizer.save_pretrained(staging)
+            moe.model.save_pretrained(staging, max_shard_size="5GB")
+            tokenizer.save_pretrained(staging)
             write_json_atomic(staging / "merge_recipe.json", {**base_recipe, "moe": {
                 "experts": [str(p) for p in paths], "base_expert": settings.base_index + 1,
                 "gate_mode": settings.gate_mode, "gate_seed": settings.gate_seed,
@@ -128,7 +127,7 @@ def save_outputs(config, result: RunResult, ws: MoEWorkspace, report_files: dict
     return paths[0]
 
 
-def summary_lines(config, result: RunResult) -> str:
+def summary_lines(config, result) -> str:
     settings: MoESettings = config.extra["moe"]
     lines = ["experts saved to : " + ", ".join(str(expert_output_dir(config.output_dir, i))
                                                  for i in range(settings.n_experts))]

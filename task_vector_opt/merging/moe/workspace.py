@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from task_vector_opt.cli.config import RunConfig
-from task_vector_opt.engine import Workspace
 from task_vector_opt.merging.methods import DENSITY_STEP, MergeSettings
 from task_vector_opt.merging.models import DTYPES, load_model, resolve
 from task_vector_opt.merging.moe.build import InMemoryMoE
@@ -18,6 +16,7 @@ from task_vector_opt.merging.moe.placement import choose_moe_placement
 from task_vector_opt.merging.moe.routers import router_vectors
 from task_vector_opt.merging.moe.save import save_outputs
 from task_vector_opt.merging.task_vector import build_task_vector
+from task_vector_opt.merging.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,9 @@ class MoEWorkspace(Workspace):
     expert_dirs: list[Path] | None = None
 
 
-def prepare(config: RunConfig) -> MoEWorkspace:
-    """Load the MoE base expert, build the MoE around it, the task vector once, and the per-trial writer."""
+def prepare(config) -> MoEWorkspace:
+    """Load the MoE base expert, build the MoE around it, the task vector once, and the per-trial writer, from
+    the run config (``config``: the engine's RunConfig, whose ``extra["moe"]`` holds the MoE's settings)."""
     settings: MoESettings = config.extra["moe"]
     started = time.perf_counter()
     expert_dirs = [resolve(t, config.cache_dir, config.allow_pickle) for t in config.targets]
@@ -64,6 +64,7 @@ def prepare(config: RunConfig) -> MoEWorkspace:
              merger.stored_bytes() / 2**30)
     workspace = MoEWorkspace(moe.model, tokenizer, merger, group_order, len(merger.slots), densities=densities,
                              moe=moe, expert_dirs=expert_dirs)
-    workspace.save = lambda cfg, result, report_files: save_outputs(cfg, result, workspace, report_files)
+    workspace.save = lambda cfg, merge_recipe, report_files: save_outputs(
+        cfg, merge_recipe, moe, expert_dirs, workspace.tokenizer, report_files)
     return workspace
 
