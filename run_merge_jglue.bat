@@ -1,6 +1,6 @@
 @echo off
 rem Edit the variables below, then run: run_merge_jglue.bat
-rem Every flag is described in README.md and in: python merge_task_vector_jglue.py --help
+rem Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_jglue.py --help
 setlocal
 
 set TARGET_MODEL=NTQAI/chatntq-ja-7b-v1.0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Edit the variables below, then run: bash run_merge_jglue.sh
-# Every flag is described in README.md and in: python merge_task_vector_jglue.py --help
+# Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_jglue.py --help
 set -euo pipefail
 cd "$(dirname "$0")"
 

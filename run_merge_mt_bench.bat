@@ -1,7 +1,7 @@
 @echo off
 rem Edit the variables below, then run: run_merge_mt_bench.bat
-rem Every flag is described in README.md and in: python merge_task_vector_mt_bench.py --help
-rem An OpenAI judge needs: set OPENAI_API_KEY=...   (other judges: see README, "Judges")
+rem Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_mt_bench.py --help
+rem An OpenAI judge needs: set OPENAI_API_KEY=...   (other judges: docs/en/mt-bench.md, "Judges")
 setlocal
 
 set TARGET_MODEL=NTQAI/chatntq-ja-7b-v1.0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Edit the variables below, then run: bash run_merge_mt_bench.sh
-# Every flag is described in README.md and in: python merge_task_vector_mt_bench.py --help
-# An OpenAI judge needs: export OPENAI_API_KEY=...   (other judges: see README, "Judges")
+# Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_mt_bench.py --help
+# An OpenAI judge needs: export OPENAI_API_KEY=...   (other judges: docs/en/mt-bench.md, "Judges")
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -1,8 +1,8 @@
 @echo off
 rem Edit the variables below, then run: run_merge_mt_bench_moe_4_experts.bat
 rem Builds a Mixtral-style MoE of 4 experts in memory; expert i = TARGET_MODEL_i + w_i * (TUNED_MODEL - BASE_MODEL).
-rem Every flag is described in README.md and in: python merge_task_vector_mt_bench_moe_4_experts.py --help
-rem An OpenAI judge needs: set OPENAI_API_KEY=...   (other judges: see README, "Judges")
+rem Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_mt_bench_moe_4_experts.py --help
+rem An OpenAI judge needs: set OPENAI_API_KEY=...   (other judges: docs/en/mt-bench.md, "Judges")
 setlocal
 
 set TARGET_MODEL_1=NTQAI/chatntq-ja-7b-v1.0

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Edit the variables below, then run: bash run_merge_mt_bench_moe_4_experts.sh
 # Builds a Mixtral-style MoE of 4 experts in memory; expert i = TARGET_MODEL_i + w_i * (TUNED_MODEL - BASE_MODEL).
-# Every flag is described in README.md and in: python merge_task_vector_mt_bench_moe_4_experts.py --help
-# An OpenAI judge needs: export OPENAI_API_KEY=...   (other judges: see README, "Judges")
+# Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_mt_bench_moe_4_experts.py --help
+# An OpenAI judge needs: export OPENAI_API_KEY=...   (other judges: docs/en/mt-bench.md, "Judges")
 set -euo pipefail
 cd "$(dirname "$0")"
 

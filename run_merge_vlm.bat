@@ -1,7 +1,7 @@
 @echo off
 rem Edit the variables below, then run: run_merge_vlm.bat
-rem Every flag is described in README.md and in: python merge_task_vector_vlm.py --help
-rem VLM_METRIC=judge needs a judge, e.g. set JUDGE_MODEL_NAME=gpt-4o and set OPENAI_API_KEY=...   (see README, "Judges")
+rem Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_vlm.py --help
+rem VLM_METRIC=judge needs a judge, e.g. set JUDGE_MODEL_NAME=gpt-4o and set OPENAI_API_KEY=...   (see docs/en/mt-bench.md, "Judges")
 setlocal
 
 set TARGET_MODEL=llava-hf/llava-1.5-7b-hf

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Edit the variables below, then run: bash run_merge_vlm.sh
-# Every flag is described in README.md and in: python merge_task_vector_vlm.py --help
-# VLM_METRIC=judge needs a judge, e.g. JUDGE_MODEL_NAME="gpt-4o" and: export OPENAI_API_KEY=...   (see README, "Judges")
+# Every flag is described in docs/en/flags.md (docs/ja/flags.md) and in: python merge_task_vector_vlm.py --help
+# VLM_METRIC=judge needs a judge, e.g. JUDGE_MODEL_NAME="gpt-4o" and: export OPENAI_API_KEY=...   (see docs/en/mt-bench.md, "Judges")
 set -euo pipefail
 cd "$(dirname "$0")"
 

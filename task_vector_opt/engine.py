@@ -69,7 +69,7 @@ def setup_logging(level: str) -> None:
 
 
 def choose_store_device(config: RunConfig, model_bytes: int) -> str:
-    """Where the target copy and the task vectors live (see README: hardware guidance)."""
+    """Where the target copy and the task vectors live (see docs/en/hardware.md)."""
     if config.vector_placement == "cpu":
         return "cpu"
     if config.vector_placement == "device" or not config.device.startswith("cuda"):

@@ -225,7 +225,7 @@ GIB = 2**30
 
 @pytest.mark.parametrize("n_experts,expected", [(2, ("cuda", "cuda")), (4, ("cpu", "cuda"))])
 def test_auto_placement_for_7b_experts_on_an_80_gb_gpu(n_experts, expected):
-    """The README's table: Mistral-7B experts are 13.5 GiB, their MLPs 10.5 GiB (bfloat16)."""
+    """The MoE memory table (docs/en/hardware.md): Mistral-7B experts are 13.5 GiB, their MLPs 10.5 GiB (bfloat16)."""
     from task_vector_opt.merging.moe.placement import auto_placement
 
     dense, mlp = 13.49 * GIB, 10.5 * GIB

@@ -51,12 +51,3 @@ def test_the_judge_sees_question_reference_and_answer_under_a_japanese_aware_rub
     request = judge_request(item, "赤い丸です。")
     assert request.system == JUDGE_SYSTEM and "Japanese" in JUDGE_SYSTEM and "[[5]]" in JUDGE_SYSTEM
     assert item.question in request.user and item.answer in request.user and "赤い丸です。" in request.user
-
-
-def test_every_flag_of_the_vlm_script_is_documented_in_both_languages():
-    from task_vector_opt.cli.pipelines import VLM
-    from test_readme import ENGLISH, JAPANESE, flags
-
-    for flag in flags(VLM.command_line.parser()):
-        assert f"`{flag}`" in ENGLISH, f"{flag} missing from the English README"
-        assert f"`{flag}`" in JAPANESE, f"{flag} missing from the Japanese README"

@@ -1,4 +1,4 @@
-"""The VLM memory rule (README, 'VLM memory'), as a pure function on the real shapes of LLaVA-1.5-7B."""
+"""The VLM memory rule (docs/en/hardware.md, 'VLM memory'), as a pure function on the real shapes of LLaVA-1.5-7B."""
 import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration

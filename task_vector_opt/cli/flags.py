@@ -107,7 +107,7 @@ SEARCH_FLAGS = [
          "--tuned_model under task_arithmetic outside the MoE scripts, layer elsewhere), 'all' (one per tensor), "
          "'layer' (one per decoder layer + embeddings, final norm, lm_head), 'parameter' (one per kind of tensor) "
          "or 'profile' (layer weights interpolated along depth from --profile_knots knot weights; embeddings, final "
-         "norm, lm_head keep their own). README: search benchmark, for why auto is the default.", "auto",
+         "norm, lm_head keep their own). Why auto is the default: docs/en/benchmarks.md, search.", "auto",
          choices=("auto", "all", "layer", "parameter", "profile")),
     Flag("--profile_knots", "Knot weights of profile mode, spread evenly from the first decoder layer to the last "
          "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
@@ -120,7 +120,7 @@ SEARCH_FLAGS = [
          "docs: search, for why.", "auto", choices=("auto", "on", "off")),
     Flag("--optuna_sampler", "Optuna sampler: CMA-ES (the default; starts at w=1, plain addition, with a step of a "
          "sixth of the weight range), TPE (the original default), random, GP (Gaussian process; needs scipy) or "
-         "TPE-multivariate. README: search benchmark, for why CMA-ES is the default.", "CMA-ES",
+         "TPE-multivariate. Why CMA-ES is the default: docs/en/benchmarks.md, search.", "CMA-ES",
          type=normalize_sampler_name),
     Flag("--optuna_seed", "Seed for the sampler (same seed, same proposals).", 42, type=int),
     Flag("--n_trials", "Number of completed trials the study should reach (baselines included).", 30, type=int),
@@ -174,7 +174,7 @@ JGLUE_FLAGS = [
          "names, the original Stability-style names (jcommonsenseqa-1.1-0.3, ...) and tasks from --task_search_path.",
          DEFAULT_JGLUE_TASKS),
     Flag("--jglue_limit", "Documents scored per task during the search: one value per task, comma-separated "
-         "(a single value applies to every task).", None),
+         "(a single value applies to every task). Default: 500 per task, as in the original.", None),
     Flag("--jglue_num_fewshot", "Few-shot examples per task, comma-separated (default: each task's own).", None),
     Flag("--jglue_holdout_limit", "Held-out documents per task, taken after the search documents; scored for the "
          "w=0, w=1 and best merges at the end (0 = no holdout).", "0"),

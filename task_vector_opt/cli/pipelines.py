@@ -187,7 +187,7 @@ def moe_mt_bench(n_experts: int) -> Pipeline:
                                  "target_i + w_i*(tuned - base)) and find the weights that maximize an MT-Bench-style "
                                  "bench graded by an LLM judge, with Optuna.",
                      target_flags=moe_target_flags(n_experts), evaluator_flags=_mt_bench_flags,
-                     extra_groups={"moe": MOE_FLAGS}, defaults={"dtype": None}),
+                     extra_groups={"MoE": MOE_FLAGS}, defaults={"dtype": None}),
         settings_from_args=_mt_bench_settings,
         make_evaluator=_mt_bench_evaluator,
         describe=MT_BENCH.describe,

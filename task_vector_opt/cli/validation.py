@@ -225,7 +225,7 @@ def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote
     return None
 
 
-DEFAULT_PROFILE_KNOTS = 4  # the default strategy's knots (benchmarks/bench_search.py; README: search benchmark)
+DEFAULT_PROFILE_KNOTS = 4  # the default strategy's knots (benchmarks/bench_search.py; docs/en/benchmarks.md, search)
 
 
 def resolve_optimize_mode(requested: str) -> str:

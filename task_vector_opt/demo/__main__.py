@@ -10,7 +10,7 @@ both skills on held-out items for w=0, w=1 and the best merge.
 
 Models are cached in $TVO_CACHE (default .cache/demo); outputs go to demo_output/: the merged model with its
 report (demo_output/model/report.html, optimization_history.png, best_weights.png) and model card (README.md).
-The pictures in the README's "Demo results" are that run's PNGs, copied to docs/.
+The pictures in the README and docs/en/benchmarks.md ("Demo") are that run's PNGs, copied to docs/.
 Rerunning resumes the same study; delete demo_output/ for a fresh search.
 """
 from __future__ import annotations

@@ -174,7 +174,7 @@ class MemoryPlan:
 
 
 def memory_plan(model_bytes: int, merged_bytes: int, copies_on_device: bool, n_vectors: int = 1) -> MemoryPlan:
-    """The memory rule (README, 'VLM memory'): the copies (the target's originals and each task vector) cover only
+    """The memory rule (docs/en/hardware.md, 'VLM memory'): the copies (the target's originals and each task vector) cover only
     ``merged_bytes``, the language model a VLM's vector touches; the vision tower and projector are live once and
     never copied."""
     copies = (1 + n_vectors) * merged_bytes

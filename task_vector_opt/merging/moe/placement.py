@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def choose_moe_placement(config, moe_bytes: int, origin_bytes: int, vector_bytes: int) -> tuple[str, str]:
-    """(origin device, task vector device). See README, 'MoE memory placement'.
+    """(origin device, task vector device). See docs/en/hardware.md, 'MoE memory placement'.
 
     auto on CUDA: everything on the GPU when it fits beside the MoE; else the task vector on the GPU (one
     model's size, shared by every expert) and the targets' originals in pinned host memory; else both on
