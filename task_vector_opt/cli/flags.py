@@ -103,11 +103,12 @@ MERGE_FLAGS = [
 ]
 
 SEARCH_FLAGS = [
-    Flag("--optimize_mode", "Granularity of the weights: 'auto' (default: profile where it applies, i.e. one "
-         "--tuned_model under task_arithmetic outside the MoE scripts, layer elsewhere), 'all' (one per tensor), "
+    Flag("--optimize_mode", "Granularity of the weights: 'auto' (default: profile, for one vector or several, "
+         "every merge method and the MoE experts, with --scale_search on), 'all' (one per tensor), "
          "'layer' (one per decoder layer + embeddings, final norm, lm_head), 'parameter' (one per kind of tensor) "
-         "or 'profile' (layer weights interpolated along depth from --profile_knots knot weights; embeddings, final "
-         "norm, lm_head keep their own). Why auto is the default: docs/en/benchmarks.md, search.", "auto",
+         "or 'profile' (layer weights interpolated along depth from --profile_knots knot weights per vector and "
+         "expert; embeddings, final norm, lm_head keep their own). Why auto is the default: docs/en/search.md.",
+         "auto",
          choices=("auto", "all", "layer", "parameter", "profile")),
     Flag("--profile_knots", "Knot weights of profile mode, spread evenly from the first decoder layer to the last "
          "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
@@ -117,9 +118,9 @@ SEARCH_FLAGS = [
          "the baselines included, then 2 around the best), and the sampler then searches the shape's weights as factors "
          "(0..2) of the best scale. 'auto' (default): on with --optimize_mode auto, off with a mode you name, "
          "so the original '--optimize_mode layer --optuna_sampler TPE' runs as it always did. "
-         "docs: search, for why.", "auto", choices=("auto", "on", "off")),
+         "Why: docs/en/search.md.", "auto", choices=("auto", "on", "off")),
     Flag("--optuna_sampler", "Optuna sampler: CMA-ES (the default; starts at w=1, plain addition, with a step of a "
-         "sixth of the weight range), TPE (the original default), random, GP (Gaussian process; needs scipy) or "
+         "sixth of the weight range; with --scale_search, at the best scale), TPE (the original default), random, GP (Gaussian process; needs scipy) or "
          "TPE-multivariate. Why CMA-ES is the default: docs/en/benchmarks.md, search.", "CMA-ES",
          type=normalize_sampler_name),
     Flag("--optuna_seed", "Seed for the sampler (same seed, same proposals).", 42, type=int),
@@ -185,7 +186,8 @@ JGLUE_FLAGS = [
          "probability of the right choice, from the same log-likelihoods the task's accuracy reads: it moves "
          "where accuracy is flat), 'task' (each task's own metric, as the original did) or 'auto' (default: "
          "choice_prob for every multiple-choice task, the own metric for the others, e.g. JSQuAD). The held-out "
-         "verdict always uses each task's own metric. docs: search.", "auto", choices=("auto", "choice_prob", "task")),
+         "verdict always uses each task's own metric. Why: docs/en/search.md.", "auto",
+         choices=("auto", "choice_prob", "task")),
     Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
     *PRUNING_FLAGS,
     Flag("--jglue_chunks", "With --prune: chunks the search documents are scored in; each chunk takes every N-th "
