@@ -222,6 +222,7 @@ def flags(**values) -> argparse.Namespace:
 
     defaults = {flag.dest or flag.name.lstrip("-"): flag.default for flag in JGLUE_FLAGS}
     defaults["jglue_tasks"] = JGLUE_TASKS
+    defaults["search_objective"] = "task"  # these tests check each task's own metric; choice_prob: test_scale_first
     defaults.update(values)
     return argparse.Namespace(**defaults)
 

@@ -88,8 +88,10 @@ def test_the_moe_plan_counts_each_experts_weights_per_vector_and_the_densities(t
             "--judge_model_name", f"hf:{trio['base']}", "--merge_method", "dare_ties", "--dry_run"]
     run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv)
     plan = json.loads(capsys.readouterr().out)
-    # layer mode, 2 layers: expert 1 (the MoE base) has 5 groups, expert 2 its 2 MLP layers; each once per vector
-    assert plan["weights_per_expert"] == {"expert1": 10, "expert2": 4} and plan["weights"] == 14
+    # the default (profile of 2 knots for 2 layers, scale first), per vector: expert 1 (the MoE base) a scale, 2 knots,
+    # embed_tokens, norm and lm_head; expert 2 (its MLP layers only) a scale and 2 knots
+    assert plan["weights_per_expert"] == {"expert1": 12, "expert2": 6} and plan["weights"] == 18
+    assert plan["optimize_mode"] == "profile" and plan["scale_search"] == "on"
     assert plan["task_vectors"] == 2 and plan["merge_method"] == "dare_ties" and plan["densities"] == 2
 
 
@@ -98,4 +100,5 @@ def test_two_vectors_under_dare_ties_validate_and_plan_without_loading_weights(t
                              "--dare_seed", "5", "--density_per_group", "--dry_run"))
     plan = json.loads(capsys.readouterr().out)
     assert plan["task_vectors"] == 2 and plan["merge_method"] == "dare_ties"
-    assert plan["densities"] == plan["weights"] == 2 * 5  # layer mode: embed_tokens, 2 layers, norm, lm_head
+    assert plan["densities"] == 2 * 5  # one per vector and group: embed_tokens, 2 layers, norm, lm_head
+    assert plan["weights"] == 2 * (1 + 2 + 3)  # per vector: its scale, 2 knots, embed_tokens, norm, lm_head
