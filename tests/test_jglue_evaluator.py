@@ -238,6 +238,13 @@ def jglue_evaluator(jglue_settings, tmp_path_factory) -> JGLUEEvaluator:
     return JGLUEEvaluator(jglue_settings, tmp_path_factory.mktemp("run") / "lm_eval_tasks")
 
 
+@pytest.fixture(scope="session")
+def hflm_evaluator(jglue_settings, tmp_path_factory) -> JGLUEEvaluator:
+    """The same tasks scored by lm-eval's own HFLM (--mc_scorer hflm) instead of the context-once default."""
+    settings = dataclasses.replace(jglue_settings, mc_scorer="hflm")
+    return JGLUEEvaluator(settings, tmp_path_factory.mktemp("run_hflm") / "lm_eval_tasks")
+
+
 # ------------------------------------------------------------------------------------- acceptance test
 
 def run_lm_eval_cli(model_dir: Path, tasks: list[str], include_path: Path, limit: int, batch_size: int,
@@ -296,7 +303,9 @@ def record_model_calls(monkeypatch) -> dict[tuple[str, str], object]:
 
 
 def test_the_jglue_path_scores_a_fixed_model_exactly_as_the_lm_eval_cli_does_on_the_same_local_data(
-        jglue_evaluator, live, model_dir, tmp_path, monkeypatch):
+        hflm_evaluator, live, model_dir, tmp_path, monkeypatch):
+    """With --mc_scorer hflm, bit for bit; the context-once default equals it to float tolerance (next test)."""
+    jglue_evaluator = hflm_evaluator
     our_calls = record_model_calls(monkeypatch)
     ours = jglue_evaluator.score(*live)
 
@@ -312,6 +321,31 @@ def test_the_jglue_path_scores_a_fixed_model_exactly_as_the_lm_eval_cli_does_on_
     # the same prompts (few-shot examples included), and bit-identical log-likelihoods and generations
     assert len(our_calls) == 4 * 5 + 4 * 3 + 4
     assert our_calls == model_calls_of_cli(samples)
+
+
+def test_the_context_once_default_gives_the_scores_and_per_document_results_of_hflm(
+        jglue_evaluator, hflm_evaluator, live, monkeypatch):
+    assert jglue_evaluator.settings.mc_scorer == "context_once"  # the default, from the flag table
+    assert type(jglue_evaluator.lm_for(*live)).__name__.startswith("ContextOnce")
+    assert not type(hflm_evaluator.lm_for(*live)).__name__.startswith("ContextOnce")
+    hflm_calls = record_model_calls(monkeypatch)
+    expected = hflm_evaluator.score(*live), hflm_evaluator.holdout(*live)
+    expected_calls = dict(hflm_calls)
+    hflm_calls.clear()
+    actual = jglue_evaluator.score(*live), jglue_evaluator.holdout(*live)
+    for want, got in zip(expected, actual, strict=True):
+        # accuracy and exact match per task, and each document's value for the verdict: identical
+        assert got.details == want.details and got.item_values == want.item_values and got.value == want.value
+    # every multiple-choice request's log-likelihood, to float tolerance; generations (JSQuAD) identical
+    assert hflm_calls.keys() == expected_calls.keys() and len(hflm_calls) > 20
+    for call, value in expected_calls.items():
+        assert hflm_calls[call] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value), call
+
+
+def test_a_bad_mc_scorer_is_one_line_naming_the_flag_value_and_choices():
+    error = usage_error(mc_scorer="fast")
+    assert error.flag == "--mc_scorer" and "'fast'" in str(error) and "context_once, hflm" in str(error)
+    assert jglue_settings_from_args(flags(mc_scorer="HFLM")).mc_scorer == "hflm"
 
 
 def test_generated_tasks_keep_the_ja_leaderboard_prompts_and_convert_official_rows(jglue_evaluator):

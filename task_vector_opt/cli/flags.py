@@ -56,6 +56,7 @@ class Flag:
         parser.add_argument(self.name, *self.aliases, **kwargs)
 
 
+from task_vector_opt.evaluation.scorers import DEFAULT_SCORER, SCORERS
 from task_vector_opt.search.pruning import PRUNERS
 from task_vector_opt.search.samplers import normalize_sampler_name
 
@@ -189,6 +190,10 @@ JGLUE_FLAGS = [
          "verdict always uses each task's own metric. Why: docs/en/search.md.", "auto",
          choices=("auto", "choice_prob", "task")),
     Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
+    Flag("--mc_scorer", "Scorer of the log-likelihood (multiple-choice) requests: 'context_once' runs each distinct "
+         "context once and scores every choice after it (the same log-likelihoods, a fraction of the tokens; "
+         "--batch_size then counts contexts), 'hflm' is lm-eval's HFLM, one pass per choice. Generation tasks "
+         "always run through HFLM.", DEFAULT_SCORER, choices=SCORERS),
     *PRUNING_FLAGS,
     Flag("--jglue_chunks", "With --prune: chunks the search documents are scored in; each chunk takes every N-th "
          "document of every task, so the running score after an early chunk is representative.", 4, type=int),

@@ -36,6 +36,7 @@ from task_vector_opt.evaluation.lm_eval_tasks.table import family_of_task
 from task_vector_opt.evaluation.lm_eval_tasks.task_list import TASKS_FLAG, normalized_weights, parse_task_list, \
     per_task_ints
 from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.scorers import DEFAULT_SCORER, parse_scorer
 from task_vector_opt.identity import identity_when, outside_identity
 from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
 
@@ -63,6 +64,8 @@ class JGLUESettings:
     data_dir: str | None  # local JGLUE repository copy (absolute)
     task_search_path: str | None  # folder of user task YAMLs (absolute)
     batch_size: int | str = outside_identity()  # an integer, "auto" or "auto:N"; the same scores
+    # which backend scores log-likelihood requests (evaluation/scorers.py); the same scores, to float tolerance
+    mc_scorer: str = outside_identity(default=DEFAULT_SCORER)
     pruner: str | None = None  # --prune with this pruner; None: every trial scores all its documents
     # search chunks (more than 1 only with --prune): the pruner reads the running score after each
     chunks: int = identity_when(lambda settings: settings.pruner is not None, default=1)
@@ -94,6 +97,7 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     fewshot = per_task_ints("--jglue_num_fewshot", args.jglue_num_fewshot, names, minimum=0, allow_default=True)
     holdout = per_task_ints("--jglue_holdout_limit", args.jglue_holdout_limit, names, minimum=0)
     batch_size = parse_batch_size(args.batch_size)
+    mc_scorer = parse_scorer(getattr(args, "mc_scorer", DEFAULT_SCORER))
     pruner = pruner_from_args(args)
     chunks = args.jglue_chunks
     if chunks < 1:
@@ -115,6 +119,7 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
         data_dir=data_dir,
         task_search_path=search_path,
         batch_size=batch_size,
+        mc_scorer=mc_scorer,
         pruner=pruner,
         chunks=chunks if pruner else 1,
         objective=args.search_objective,
@@ -285,8 +290,14 @@ class JGLUEEvaluator:
 
     def lm_for(self, model: Any, tokenizer: Any):
         """lm-eval's HFLM around the live model: it keeps a reference (no copy) and calls model.eval() and
-        model.tie_weights(); it may set the tokenizer's pad token. Cheap, so it is built per call."""
+        model.tie_weights(); it may set the tokenizer's pad token. Cheap, so it is built per call.
+        With --mc_scorer context_once, HFLM's token scoring is swapped for the context-once one
+        (evaluation/context_once.py); tokenisation, rolling log-likelihoods and generation stay HFLM's."""
         cls = _live_hflm_class()
+        if self.settings.mc_scorer == "context_once":
+            from task_vector_opt.evaluation.context_once import context_once_class
+
+            cls = context_once_class(cls)
         # HFLM warns twice that a pre-built model skips its loading options: expected here, not news per trial
         with _logger_at_least("lm_eval.models.huggingface", logging.ERROR):
             lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
@@ -419,5 +430,5 @@ class JGLUEEvaluator:
                      if smooth else "")
         pruning = (f"; --prune ({self.settings.pruner}) after each of {self.settings.chunks} chunks"
                    if self.settings.pruner else "")
-        return (f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}{extra}"
-                f"{objective}{pruning}")
+        return (f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}; "
+                f"{self.settings.mc_scorer} scorer{extra}{objective}{pruning}")
