@@ -102,6 +102,9 @@ class Merger:
         self.thresholds = self._precompute_thresholds()
         self.scratch = Scratch()  # a few chunk-sized work buffers, reused by every write
         self.current: dict[str, TensorSetting | None] = {name: 0.0 for name in self.vector}  # starts as the target
+        # Writes per tensor, ever: a backend holding its own copy of the weights (vLLM) pushes the tensors whose
+        # count moved since it last looked. Counted before the write, so a write that fails half way counts too.
+        self.writes: dict[str, int] = dict.fromkeys(self.vector, 0)
 
     def _precompute_thresholds(self) -> dict[str, list[torch.Tensor]]:
         return ties_thresholds(self.vectors, self.settings)
@@ -147,6 +150,7 @@ class Merger:
             if setting == self.current[name]:
                 continue
             live, origin = self._live(name), self.origin[name]
+            self.writes[name] += 1
             if self.plain:
                 write_merged(live, origin, self.vector[name].delta, setting)
             else:
