@@ -120,8 +120,7 @@ class TensorFeed:
     def changed(self) -> list[tuple[str, torch.Tensor]]:
         keys = [key for key, count in self.merger.writes.items() if self.seen.get(key) != count]
         if self.moe is None:
-            params = self.merger.params
-            pairs = [(key, params[key].data) for key in keys]
+            pairs = checkpoint_tensors(self.model, keys) if keys else []
         else:
             pairs = [(slot_checkpoint_name(key), self.moe.live(key)) for key in keys]
             if getattr(self.merger, "router_refreshes", 0) != self.routers_seen:
@@ -201,7 +200,7 @@ class VLLMEngine:
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         self.llm = self._start(folder, dtype, self.utilization, self.trust_remote_code)
         self.feed = TensorFeed(self.merger, model)
-        weights = list(checkpoint_tensors(model))
+        weights = checkpoint_tensors(model)
         self._check_finite(weights)
         unfilled = self._push(weights, complete=True)
         if unfilled:

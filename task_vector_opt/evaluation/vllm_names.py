@@ -2,15 +2,14 @@
 
 vLLM's ``load_weights`` takes checkpoint names and does its own fusing (q/k/v into qkv_proj, gate/up into
 gate_up_proj, the experts into its fused MoE) and its own prefix mapping (a VLM's language model), so the
-push names tensors exactly as transformers saves them. For the dense models and the VLMs of transformers 5
-that is the name in memory. The in-memory Mixtral is the one that differs: its experts are two fused 3-D
-parameters per layer, while a Mixtral checkpoint has per-expert w1 (gate), w3 (up) and w2 (down), and the
-router sits under ``block_sparse_moe``. Names only here, so tests can check them without vLLM.
+push names tensors exactly as transformers saves them. For a dense LLM that is the name in memory; a LLaVA
+saves its language model under ``language_model.``; the in-memory Mixtral differs most: its experts are two
+fused 3-D parameters per layer, while a Mixtral checkpoint has per-expert w1 (gate), w3 (up) and w2 (down),
+and the router sits under ``block_sparse_moe``. No vLLM import here, so tests check the names without it.
 """
 from __future__ import annotations
 
-import re
-from typing import Iterator
+from typing import Iterable
 
 import torch
 
@@ -18,8 +17,6 @@ from task_vector_opt.merging.moe.layout import mlp_location, split_slot_key
 
 # Mixtral checkpoints name an expert's MLP weights after the paper: w1 gate, w2 down, w3 up.
 MIXTRAL_EXPERT_WEIGHT = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
-FUSED_EXPERTS = re.compile(r"^(?P<prefix>.*\.layers\.\d+)\.mlp\.experts\.(?P<kind>gate_up_proj|down_proj)$")
-MOE_ROUTER = re.compile(r"^(?P<prefix>.*\.layers\.\d+)\.mlp\.gate\.weight$")
 
 
 def mixtral_expert_name(layer: int, expert: int, kind: str) -> str:
@@ -31,31 +28,18 @@ def mixtral_router_name(layer: int) -> str:
     return f"model.layers.{layer}.block_sparse_moe.gate.weight"
 
 
-def checkpoint_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter of a live model as (checkpoint name, tensor): what a fresh vLLM engine is filled with.
+def checkpoint_tensors(model: torch.nn.Module, names: Iterable[str] | None = None
+                       ) -> list[tuple[str, torch.Tensor]]:
+    """Live parameters (all, or those in ``names``) as (checkpoint name, tensor): what save_pretrained would write.
 
-    Tensors are views of the live parameters, never copies. A tied output head appears once (as
-    ``named_parameters`` lists it), as in a checkpoint."""
-    moe = getattr(getattr(model, "config", None), "model_type", None) == "mixtral"
-    for name, param in model.named_parameters():
-        if moe:
-            fused = FUSED_EXPERTS.match(name)
-            if fused:
-                layer = int(fused.group("prefix").rsplit(".", 1)[1])
-                data = param.data
-                for expert in range(data.shape[0]):
-                    if fused.group("kind") == "down_proj":
-                        yield mixtral_expert_name(layer, expert, "down_proj"), data[expert]
-                    else:  # [gate; up] along dim 1, as the forward chunks it
-                        half = data.shape[1] // 2
-                        yield mixtral_expert_name(layer, expert, "gate_proj"), data[expert, :half]
-                        yield mixtral_expert_name(layer, expert, "up_proj"), data[expert, half:]
-                continue
-            router = MOE_ROUTER.match(name)
-            if router:
-                yield mixtral_router_name(int(router.group("prefix").rsplit(".", 1)[1])), param.data
-                continue
-        yield name, param.data
+    transformers' own reverse of its load-time conversions names them (revert_weight_conversion, which
+    save_pretrained runs): LLaVA's language model goes back under ``language_model.``, a Mixtral's fused experts
+    back to per-expert w1/w3/w2. A tied output head appears once, as in a checkpoint."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    wanted = None if names is None else set(names)
+    state = {name: param.data for name, param in model.named_parameters() if wanted is None or name in wanted}
+    return list(revert_weight_conversion(model, state).items())
 
 
 def slot_checkpoint_name(key: str) -> str:
