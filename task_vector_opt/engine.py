@@ -19,6 +19,7 @@ from task_vector_opt import __version__
 from task_vector_opt.run_config import RunConfig
 from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
 from task_vector_opt.evaluation.protocol import Evaluator, Score
+from task_vector_opt.merging.merger import gpu_share
 from task_vector_opt.merging.grouping import group_names, ordered_groups
 from task_vector_opt.merging.merger import HOST_RESERVE, Merger
 from task_vector_opt.merging.methods import DENSITY_STEP
@@ -75,7 +76,8 @@ def choose_store_device(config: RunConfig, model_bytes: int) -> str:
     if config.vector_placement == "device" or not config.device.startswith("cuda"):
         return config.device
     copies = 1 + max(len(config.tuned_models), 1)  # the target's originals and one copy per task vector
-    free, _total = torch.cuda.mem_get_info(torch.device(config.device))
+    free, total = torch.cuda.mem_get_info(torch.device(config.device))
+    free -= gpu_share(config.evaluator) * total  # --generation_backend vllm: the engine's share, taken later
     fits = free > (copies + HOST_RESERVE) * model_bytes
     log.info("vector placement auto: %.1f GiB free on %s, copies need %.1f GiB -> %s", free / 2**30, config.device,
              copies * model_bytes / 2**30, "device" if fits else "cpu")
@@ -133,6 +135,8 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
 
     evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     ws = prepare_workspace(config)
+    if hasattr(evaluator, "follow"):  # a backend with its own copy of the weights (vLLM) pushes what merges rewrite
+        evaluator.follow(ws.merger)
 
     space = space_of(config, ws)
     study = open_search_study(config, storage, ws, evaluator, space)

@@ -290,6 +290,18 @@ BENCH_FLAGS = [
 ]
 
 
+# Who answers the bench questions (task_vector_opt.evaluation.vllm_backend): the MT-Bench, MoE and VLM scripts.
+GENERATION_FLAGS = [
+    Flag("--generation_backend", "Who answers the bench questions: 'hf' (transformers generate on the live model) "
+         "or 'vllm' (a vLLM engine started once, into which each trial's changed tensors are pushed; needs a CUDA "
+         "GPU and pip install -e '.[vllm]'). Same prompts, temperatures and stop rules.", "hf",
+         choices=("hf", "vllm")),
+    Flag("--vllm_gpu_memory_utilization", "With --generation_backend vllm: share of the GPU's memory vLLM takes "
+         "(its weights and KV cache); the live model and the task vectors must fit in the rest, which "
+         "--vector_placement auto and --dry_run count.", 0.5, type=float),
+]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MoE scripts (task_vector_opt.merging.moe, checked by merging.moe.config.moe_settings_from_args).
 def moe_target_flags(max_experts: int) -> list[Flag]:

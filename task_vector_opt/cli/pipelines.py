@@ -73,9 +73,9 @@ def _mt_bench_evaluator(settings, run_dir: Path):
 
 
 def _mt_bench_flags() -> list[Flag]:
-    from task_vector_opt.cli.flags import BENCH_FLAGS, JUDGE_FLAGS
+    from task_vector_opt.cli.flags import BENCH_FLAGS, GENERATION_FLAGS, JUDGE_FLAGS
 
-    return BENCH_FLAGS + JUDGE_FLAGS + MT_BENCH_FLAGS
+    return BENCH_FLAGS + GENERATION_FLAGS + JUDGE_FLAGS + MT_BENCH_FLAGS
 
 
 # A vision-language target (task_vector_opt.merging.vlm): its language model gets the vector. The JGLUE script
@@ -236,13 +236,13 @@ def _prepare_vlm(config) -> engine.Workspace:
 def _vlm_flags() -> list[Flag]:
     from dataclasses import replace
 
-    from task_vector_opt.cli.flags import BENCH_FLAGS, JUDGE_FLAGS, VLM_BENCH_FLAGS, flag_named
+    from task_vector_opt.cli.flags import BENCH_FLAGS, GENERATION_FLAGS, JUDGE_FLAGS, VLM_BENCH_FLAGS, flag_named
 
     reused = [flag_named(BENCH_FLAGS, name) for name in ("--max_new_tokens", "--gen_batch_size", "--holdout_fraction")]
     # No default judge here: ROUGE-L needs none, and --vlm_metric judge must name one.
     judge = [replace(flag, default=None, help=flag.help + " Needed by --vlm_metric judge.")
              if flag.name == "--judge_model_name" else flag for flag in JUDGE_FLAGS]
-    return VLM_BENCH_FLAGS + reused + MT_BENCH_FLAGS + judge
+    return VLM_BENCH_FLAGS + reused + GENERATION_FLAGS + MT_BENCH_FLAGS + judge
 
 
 def _vlm_settings(args):
@@ -281,7 +281,7 @@ def run_pipeline(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
     engine.setup_logging(args.log_level)
     config = validate(pipeline, args)
     if config.dry_run:
-        print(pipeline.plan(config, pipeline.describe(config.evaluator)))
+        print(with_generation_memory(pipeline.plan(config, pipeline.describe(config.evaluator)), config))
         return
     if config.saved_output is not None:  # a rerun of a finished command: the model is saved; exit 0
         print(f"nothing to do: study {config.study_name} has its {config.n_trials} trials finished and its best "
@@ -307,6 +307,30 @@ def run_pipeline(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
     if args.push_to_hub and result.output_dir is not None:
         push(args, result.output_dir,
              f"task_vector_opt merge: study {result.study_name}, best trial {result.best_trial}")
+
+
+def with_generation_memory(plan: str, config) -> str:
+    """--dry_run with --generation_backend vllm: the plan's JSON gains vLLM's share of the GPU and what is left
+    for the live model and the task vectors."""
+    from task_vector_opt.merging.merger import gpu_share
+
+    share = gpu_share(config.evaluator)
+    if not share or not config.device.startswith("cuda"):
+        return plan
+    import json
+
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(config.device))
+    fields = json.loads(plan)
+    memory = fields.get("memory_estimate_gib", {})
+    # the dense plan names the device; the MoE's lists its parts, here all counted as if on the device
+    estimate = memory.get(config.device, sum(v for v in memory.values() if isinstance(v, (int, float))))
+    left = (free - share * total) / 2**30
+    fields["vllm"] = {"gpu_memory_utilization": share, "vllm_gib": round(share * total / 2**30, 2),
+                      "left_for_the_merge_gib": round(left, 2),
+                      **({"fits": estimate <= left} if isinstance(estimate, (int, float)) else {})}
+    return json.dumps(fields, indent=2)
 
 
 def push(args: argparse.Namespace, folder: Path, message: str) -> None:

@@ -38,6 +38,7 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
     targets = pipeline.targets_from_args(args)
     extra = pipeline.extra_from_args(args, targets) if pipeline.extra_from_args else {}  # e.g. the MoE's config
     config = build_config(pipeline.name, args, targets, settings, extra, dtype=pipeline.dtype_from_args(args, extra))
+    check_generation_backend(config)
     check_storage(config.storage, config.study_name if config.finalize else None)
     if args.study_name:  # a default name hashes the identity; a chosen one may name a study of other inputs
         from task_vector_opt.search.existing import check_named_study
@@ -53,6 +54,23 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
         if note:
             log.warning(note)
     return config
+
+
+def check_generation_backend(config: RunConfig) -> None:
+    """--generation_backend vllm: installed, a GPU, and an architecture vLLM serves (the MoE scripts build a
+    Mixtral), before any model loads."""
+    if getattr(config.evaluator, "generation_backend", "hf") != "vllm":
+        return
+    from task_vector_opt.evaluation.vllm_backend import check_vllm_runs_here, check_vllm_serves
+    from task_vector_opt.merging.models import resolve_config
+
+    check_vllm_runs_here()
+    if config.pipeline.startswith("mt_bench_moe"):
+        check_vllm_serves(["MixtralForCausalLM"], "the Mixtral MoE these scripts build")
+        return
+    target = config.targets[0]
+    model_config = json.loads((resolve_config(target, config.cache_dir) / "config.json").read_text(encoding="utf-8"))
+    check_vllm_serves(list(model_config.get("architectures") or []), f"{target.flag} {target.name_or_path!r}")
 
 
 def check_model_output(config: RunConfig, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:

@@ -29,6 +29,7 @@ from task_vector_opt.evaluation.judges.judgment import JudgeRequest, JudgeTally
 from task_vector_opt.evaluation.judges.registry import make_judge
 from task_vector_opt.evaluation.judges.settings import JudgeSpec, judge_spec_from_args
 from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.vllm_backend import VLLMAnswerGenerator, VLLMEngine, check_backend_flags
 from task_vector_opt.files import write_jsonl_atomic
 from task_vector_opt.identity import identity_when, outside_identity
 from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
@@ -56,6 +57,9 @@ class MTBenchSettings:
     on_judge_failure: str = outside_identity()  # what to do on a judge outage, like retries
     min_judged_fraction: float = outside_identity()  # when an outage fails a trial; never changes a score
     pruner: str | None = None  # --pruner (None without --prune)
+    # hf (transformers generate) or vllm; the study counts it only when it is not hf (older studies resume)
+    generation_backend: str = identity_when(lambda settings: settings.generation_backend != "hf", default="hf")
+    vllm_gpu_memory_utilization: float = outside_identity(default=0.5)  # memory, never an answer
 
 
 def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:
@@ -63,9 +67,12 @@ def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:
         raise UsageError("--chunk_size", f"must be at least 1 (got {args.chunk_size})")
     if not 0.0 < args.min_judged_fraction <= 1.0:
         raise UsageError("--min_judged_fraction", f"must be in (0, 1] (got {args.min_judged_fraction})")
+    check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
     return MTBenchSettings(bench=bench_settings_from_args(args), judge=judge_spec_from_args(args),
                            chunk_size=args.chunk_size, prune=args.prune, on_judge_failure=args.on_judge_failure,
-                           min_judged_fraction=args.min_judged_fraction, pruner=pruner_from_args(args))
+                           min_judged_fraction=args.min_judged_fraction, pruner=pruner_from_args(args),
+                           generation_backend=args.generation_backend,
+                           vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
 
 
 class MTBenchEvaluator:
@@ -79,17 +86,28 @@ class MTBenchEvaluator:
         self.pruner = make_pruner(settings.pruner)
         self._generator: AnswerGenerator | None = None
         self._holdout_calls = 0
+        # --generation_backend vllm: an engine with its own copy of the weights, started at the first answer
+        self.vllm = (VLLMEngine(settings.vllm_gpu_memory_utilization)
+                     if settings.generation_backend == "vllm" else None)
+
+    def follow(self, merger) -> None:
+        """engine.run hands over the merger: the vLLM backend pushes the tensors each merge rewrites."""
+        if self.vllm is not None:
+            self.vllm.follow(merger)
 
     def describe(self) -> str:
         return (f"MT-Bench '{self.settings.bench.bench_name}': {len(self.bench.search)} questions "
                 f"(+{len(self.bench.holdout)} holdout), judge {self.judge.name} "
-                f"({self.settings.judge.rating_mode} ratings, {self.settings.judge.parallel} in parallel)")
+                f"({self.settings.judge.rating_mode} ratings, {self.settings.judge.parallel} in parallel)"
+                + (", answers by vLLM" if self.vllm is not None else ""))
 
     def generator(self, tokenizer) -> AnswerGenerator:
         if self._generator is None:
             bench = self.settings.bench
-            self._generator = AnswerGenerator(tokenizer, max_new_tokens=bench.max_new_tokens,
-                                              batch_size=bench.gen_batch_size, conv_template=bench.conv_template)
+            options = dict(max_new_tokens=bench.max_new_tokens, batch_size=bench.gen_batch_size,
+                           conv_template=bench.conv_template)
+            self._generator = (AnswerGenerator(tokenizer, **options) if self.vllm is None
+                               else VLLMAnswerGenerator(tokenizer, self.vllm, **options))
         return self._generator
 
     def requests_for(self, question: Question, answers: list[str]) -> list[tuple[int, str, JudgeRequest]]:

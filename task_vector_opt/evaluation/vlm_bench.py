@@ -31,6 +31,7 @@ from task_vector_opt.evaluation.judges.judgment import JudgeRequest
 from task_vector_opt.evaluation.judges.registry import make_judge
 from task_vector_opt.evaluation.judges.settings import judge_spec_from_args
 from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.vllm_backend import VLLMEngine, check_backend_flags
 from task_vector_opt.files import write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class VLMBenchSettings:
     judge: Any = None  # a JudgeSpec with --vlm_metric judge, else None (the judge flags then change nothing)
     on_judge_failure: str = outside_identity(default="fail_trial")  # what to do on an outage, never a score
     min_judged_fraction: float = outside_identity(default=0.5)
+    # hf (transformers generate) or vllm; the study counts it only when it is not hf (older studies resume)
+    generation_backend: str = identity_when(lambda settings: settings.generation_backend != "hf", default="hf")
+    vllm_gpu_memory_utilization: float = outside_identity(default=0.5)  # memory, never an answer
 
 
 def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
@@ -122,6 +126,7 @@ def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
         raise UsageError("--holdout_fraction", f"must be in [0, 1) (got {args.holdout_fraction})")
     if not 0.0 < args.min_judged_fraction <= 1.0:
         raise UsageError("--min_judged_fraction", f"must be in (0, 1] (got {args.min_judged_fraction})")
+    check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
     judge = None
     if args.vlm_metric == "judge":
         if not (args.judge_model_name or "").strip():
@@ -135,7 +140,9 @@ def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
                             metric=args.vlm_metric, max_new_tokens=args.max_new_tokens,
                             gen_batch_size=args.gen_batch_size, holdout_fraction=args.holdout_fraction,
                             chunk_size=args.chunk_size, prune=args.prune, pruner=pruner_from_args(args), judge=judge,
-                            on_judge_failure=args.on_judge_failure, min_judged_fraction=args.min_judged_fraction)
+                            on_judge_failure=args.on_judge_failure, min_judged_fraction=args.min_judged_fraction,
+                            generation_backend=args.generation_backend,
+                            vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
 
 
 # ------------------------------------------------------------------------------------------------ ROUGE-L
@@ -240,6 +247,24 @@ class ImageAnswerer:
         return answers
 
 
+class VLLMImageAnswerer(ImageAnswerer):
+    """The same prompts and images, greedy, answered by the vLLM engine (evaluation.vllm_backend)."""
+
+    def __init__(self, processor, max_new_tokens: int, batch_size: int, engine: VLLMEngine):
+        super().__init__(processor, max_new_tokens, batch_size)
+        self.engine = engine
+
+    def answer(self, model, items: Sequence[VLMItem]) -> list[str]:
+        self.engine.ensure_started(model, self.processor)
+        self.engine.sync()
+        prompts = [{"prompt": self.prompt(item), "multi_modal_data": {"image": self.image(item.image)}}
+                   for item in items]
+        params = self.engine.sampling(temperature=0.0, max_tokens=self.max_new_tokens, skip_special_tokens=True)
+        decode = self.processor.tokenizer.decode
+        return [decode(ids, skip_special_tokens=True).strip()
+                for ids in self.engine.generate(prompts, [params] * len(prompts))]
+
+
 # ------------------------------------------------------------------------------------------------ evaluator
 
 class VLMBenchEvaluator:
@@ -255,6 +280,13 @@ class VLMBenchEvaluator:
         self.pruner = make_pruner(settings.pruner)
         self._answerer: ImageAnswerer | None = None
         self._holdout_calls = 0
+        self.vllm = (VLLMEngine(settings.vllm_gpu_memory_utilization)
+                     if settings.generation_backend == "vllm" else None)
+
+    def follow(self, merger) -> None:
+        """engine.run hands over the merger: the vLLM backend pushes the tensors each merge rewrites."""
+        if self.vllm is not None:
+            self.vllm.follow(merger)
 
     def describe(self) -> str:
         how = "ROUGE-L (MeCab words)" if self.judge is None else f"judge {self.judge.name}"
@@ -263,7 +295,8 @@ class VLMBenchEvaluator:
 
     def answerer(self, processor) -> ImageAnswerer:
         if self._answerer is None:
-            self._answerer = ImageAnswerer(processor, self.settings.max_new_tokens, self.settings.gen_batch_size)
+            args = (processor, self.settings.max_new_tokens, self.settings.gen_batch_size)
+            self._answerer = ImageAnswerer(*args) if self.vllm is None else VLLMImageAnswerer(*args, self.vllm)
         return self._answerer
 
     def _rate(self, items: list[VLMItem], answers: list[str]) -> list[tuple[float | None, str | None]]:

@@ -8,7 +8,7 @@ sparsifying method (TIES, DARE) go through task_vector_opt.merging.methods.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -19,6 +19,14 @@ from task_vector_opt.merging.task_vector import VectorEntry
 
 TensorSetting = float | tuple  # one vector, task arithmetic: its weight; otherwise (weights, densities)
 HOST_RESERVE = 0.25  # of a model's size, kept free for activations when placing the copies on the GPU
+
+
+def gpu_share(evaluator_settings: Any) -> float:
+    """The share of the GPU's memory a vLLM engine takes for itself (0 with the hf backend, or an evaluator
+    without one): memory placement leaves it free for the engine (--vllm_gpu_memory_utilization)."""
+    if getattr(evaluator_settings, "generation_backend", "hf") != "vllm":
+        return 0.0
+    return float(evaluator_settings.vllm_gpu_memory_utilization)
 
 
 @torch.no_grad()
@@ -103,6 +111,9 @@ class Merger:
         self.thresholds = self._precompute_thresholds()
         self.scratch = Scratch()  # a few chunk-sized work buffers, reused by every write
         self.current: dict[str, TensorSetting | None] = {name: 0.0 for name in self.vector}  # starts as the target
+        # Writes per tensor, ever: a backend holding its own copy of the weights (vLLM) pushes the tensors whose
+        # count moved since it last looked. Counted before the write, so a write that fails half way counts too.
+        self.writes: dict[str, int] = dict.fromkeys(self.vector, 0)
 
     def _precompute_thresholds(self) -> dict[str, list[torch.Tensor]]:
         return ties_thresholds(self.vectors, self.settings)
@@ -148,6 +159,7 @@ class Merger:
             if setting == self.current[name]:
                 continue
             live, origin = self._live(name), self.origin[name]
+            self.writes[name] += 1
             if self.plain:
                 write_merged(live, origin, self.vector[name].delta, setting)
             else:

@@ -72,6 +72,8 @@ class MoEMerger:
         self.router_inputs = router_inputs  # slot keys whose change moves the routers
         self.current: dict[str, TensorSetting | None] = {slot.key: 0.0 for slot in slots}  # the live MoE starts from the unmodified targets
         self.router_refreshes = 0
+        # Writes per slot, ever (a backend holding its own copy of the weights pushes what moved; see Merger.writes)
+        self.writes: dict[str, int] = {slot.key: 0 for slot in slots}
         self.routers_stale = False  # a router input changed and the routers were not recomputed yet
 
     @property
@@ -107,6 +109,7 @@ class MoEMerger:
             setting = self._setting(slot, weights)
             if setting == self.current[slot.key]:
                 continue
+            self.writes[slot.key] += 1
             if self.plain:
                 write_merged(slot.live, slot.origin, slot.entries[0].delta, setting)
             else:

@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from task_vector_opt.merging.merger import HOST_RESERVE
+from task_vector_opt.merging.merger import HOST_RESERVE, gpu_share
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,8 @@ def choose_moe_placement(config, moe_bytes: int, origin_bytes: int, vector_bytes
         return ("cpu", "cpu") if config.vector_placement == "cpu" else (config.device, config.device)
     if config.vector_placement == "device":
         return config.device, config.device
-    free, _total = torch.cuda.mem_get_info(torch.device(config.device))
+    free, total = torch.cuda.mem_get_info(torch.device(config.device))
+    free -= gpu_share(config.evaluator) * total  # --generation_backend vllm: the engine's share, taken later
     placement = auto_placement(free, moe_bytes, origin_bytes, vector_bytes, config.device)
     log.info("MoE placement auto: %.1f GiB free beside the MoE; originals %.1f GiB -> %s, task vector %.1f GiB -> %s",
              free / 2**30, origin_bytes / 2**30, placement[0], vector_bytes / 2**30, placement[1])
