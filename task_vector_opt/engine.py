@@ -19,9 +19,8 @@ from task_vector_opt import __version__
 from task_vector_opt.run_config import RunConfig
 from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
 from task_vector_opt.evaluation.protocol import Evaluator, Score
-from task_vector_opt.merging.merger import gpu_share
 from task_vector_opt.merging.grouping import group_names, ordered_groups
-from task_vector_opt.merging.merger import HOST_RESERVE, Merger
+from task_vector_opt.merging.merger import HOST_RESERVE, Merger, gpu_share
 from task_vector_opt.merging.methods import DENSITY_STEP
 from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
 from task_vector_opt.outputs.search_text import search_sentence
