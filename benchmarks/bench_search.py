@@ -2,13 +2,21 @@
 
     .venv/bin/python benchmarks/bench_search.py --seeds 0,1,2,3,4 --budgets 10,30,100 --strategies all
 
-The testbed (task_vector_opt/demo, built and cached on first use): target = SmolLM2-135M-Instruct fine-tuned on
-Japanese-prompt addition (its own skill), tuned = the same model fine-tuned on the word-code skill. Both skills
-are scored together as weighted lm-eval tasks (demo_target, demo_skill), the search on the first
---search_limit documents of each task, the held-out score on the next --holdout_limit (disjoint).
+The testbeds (task_vector_opt/demo, built and cached on first use; --testbed picks one): target =
+SmolLM2-135M-Instruct fine-tuned on Japanese-prompt addition (its own skill, demo_target), and
+  interference  tuned = the same model fine-tuned on the word-code skill ("分類 tiger：", demo_skill): the best
+                merge is close to plain addition, which costs the target part of its skill;
+  steep         tuned = "conflict", a heavy fine-tune on word codes asked behind the target's own prompt shape
+                ("計算：tiger=", demo_skill_steep): plain addition destroys the target's skill, the best uniform
+                weight lies well below 1;
+  two_vectors   two vectors, tuned (helps: demo_skill) and conflict (harms: answers codes where sums are due),
+                scored on demo_target and demo_skill: the best merge drops (or nearly drops) the second.
+Both skills are scored together as weighted lm-eval tasks, the search on the first --search_limit documents of
+each task, the held-out score on the next --holdout_limit (disjoint).
 
 It prints, in order:
-  1. the interference: both skills on held-out documents for w = 0 (the target) and w = 1 (plain addition);
+  1. the interference: both skills on held-out documents for each --uniform_weights value (w = 0: the target,
+     w = 1: plain addition); with two vectors, for every combination of one such weight per vector;
   2. one JSON line per run (strategy, seed, budget): the best trial's held-out score, its paired difference to
      w = 1 with the 95% bootstrap interval, items scored, trial-equivalents spent and wall time;
   3. a table per strategy and budget: held-out mean +- sd over seeds, items scored, wall time.
@@ -22,6 +30,7 @@ budget would have made. The model is loaded once; every run gets its own in-memo
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -34,8 +43,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TASKS = "demo_target:0.5,demo_skill:0.5"  # the target's own skill and the tuned model's, equally weighted
 ORIGINAL_DEFAULT = "TPE/layer"
+
+
+@dataclass(frozen=True)
+class TestbedKind:
+    tasks: str  # the target's own skill and the vectors' skill, equally weighted
+    vectors: tuple[str, ...]  # demo models whose task vectors are merged, in --tuned_model order
+
+
+TESTBEDS = {
+    "interference": TestbedKind("demo_target:0.5,demo_skill:0.5", ("tuned",)),
+    "steep": TestbedKind("demo_target:0.5,demo_skill_steep:0.5", ("conflict",)),
+    "two_vectors": TestbedKind("demo_target:0.5,demo_skill:0.5", ("tuned", "conflict")),
+}
 
 
 @dataclass(frozen=True)
@@ -84,20 +105,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--holdout_limit", type=int, default=200, help="held-out documents per task")
     parser.add_argument("--chunks", type=int, default=4, help="chunks of the search documents (pruned strategies)")
     parser.add_argument("--batch_size", default="32")
+    parser.add_argument("--testbed", choices=sorted(TESTBEDS), default="interference",
+                        help="which testbed kind: models and tasks (see the module docstring)")
     parser.add_argument("--cache", default=os.environ.get("TVO_CACHE") or str(ROOT / ".cache" / "demo"))
     parser.add_argument("--out", help="also append the JSON lines to this file")
     for role in ("target", "base", "tuned"):  # another trio instead of the testbed's (e.g. tiny models to smoke-test)
-        parser.add_argument(f"--{role}_model", help=f"{role} model directory instead of the testbed's")
+        parser.add_argument(f"--{role}_model", help=f"{role} model directory instead of the testbed's"
+                            + (" (several: comma-separated)" if role == "tuned" else ""))
     parser.add_argument("--interference_only", action="store_true", help="print the testbed's interference and stop")
     parser.add_argument("--uniform_weights", default="0,1",
-                        help="uniform weights whose held-out skills the interference line shows (must include 0 and 1)")
+                        help="uniform weights whose held-out skills the interference line shows (must include 0 and "
+                             "1); with two vectors, every combination of one per vector")
     return parser.parse_args(argv)
 
 
 def jglue_flags(models: dict[str, Path], args: argparse.Namespace, run_dir: Path) -> list[str]:
     return ["--target_model", str(models["target"]), "--base_model", str(models["base"]),
-            "--tuned_model", str(models["tuned"]), "--task_search_path", str(ROOT / "lm-evaluation-harness" / "demo"),
-            "--jglue_tasks", TASKS, "--jglue_limit", str(args.search_limit),
+            "--tuned_model", ",".join(str(path) for path in models["tuned"]),
+            "--task_search_path", str(ROOT / "lm-evaluation-harness" / "demo"),
+            "--jglue_tasks", TESTBEDS[args.testbed].tasks, "--jglue_limit", str(args.search_limit),
             "--jglue_holdout_limit", str(args.holdout_limit), "--batch_size", args.batch_size,
             # float32: the fine-tunes' deltas are small; --skip_embed: the fine-tunes froze the tied embedding
             "--dtype", "float32", "--device", "cpu", "--skip_embed", "--log_level", "WARNING",
@@ -115,14 +141,21 @@ class Testbed:
         from task_vector_opt.cli.flags import parse_namespace
         from task_vector_opt.cli.pipelines import JGLUE
         from task_vector_opt.cli.validation import validate
-        from task_vector_opt.demo.finetune import prepare_demo_models
+        from task_vector_opt.demo.finetune import prepare_conflict_model, prepare_demo_models
 
         self.args = args
         given = {role: getattr(args, f"{role}_model") for role in ("target", "base", "tuned")}
         if any(given.values()) and not all(given.values()):
             raise SystemExit("--target_model, --base_model and --tuned_model go together")
-        self.models = {k: Path(v) for k, v in given.items()} if all(given.values()) else prepare_demo_models(
-            Path(args.cache))
+        if all(given.values()):
+            self.models = {"target": Path(given["target"]), "base": Path(given["base"]),
+                           "tuned": [Path(p) for p in given["tuned"].split(",")]}
+        else:
+            demo = prepare_demo_models(Path(args.cache))
+            if "conflict" in TESTBEDS[args.testbed].vectors:
+                demo["conflict"] = prepare_conflict_model(Path(args.cache))
+            self.models = {"target": demo["target"], "base": demo["base"],
+                           "tuned": [demo[name] for name in TESTBEDS[args.testbed].vectors]}
         self.run_dir = Path(tempfile.mkdtemp(prefix="bench_search_"))
         namespace = parse_namespace(JGLUE.command_line, jglue_flags(self.models, args, self.run_dir))
         self.config = validate(JGLUE, namespace)
@@ -187,13 +220,34 @@ class SharedScores:
         return self.evaluator.describe()
 
 
+def vector_of(group: str) -> str:
+    """The task vector a weight belongs to: "v2" for "v2/layer_07"; "" for a single vector's plain names."""
+    head, slash, _ = group.partition("/")
+    return head if slash and head[:1] == "v" and head[1:].isdigit() else ""
+
+
+def uniform_label(values: tuple[float, ...]) -> str:
+    """"w=0.5" for one vector; "w=0.25,1" for two (the first vector's weight, then the second's)."""
+    return "w=" + ",".join(f"{value:g}" for value in values)
+
+
+def uniform_grid(groups: list[str], values: list[float]) -> dict[str, dict[str, float]]:
+    """Every combination of one uniform weight per task vector, by label."""
+    vectors = list(dict.fromkeys(vector_of(group) for group in groups))
+    grid = {}
+    for combo in itertools.product(values, repeat=len(vectors)):
+        per_vector = dict(zip(vectors, combo))
+        grid[uniform_label(combo)] = {group: per_vector[vector_of(group)] for group in groups}
+    return grid
+
+
 def interference(bed: Testbed, uniform_weights: list[float]) -> dict:
-    """Both skills on held-out documents for each uniform weight (w = 0: the target, w = 1: plain addition)."""
-    groups = bed.ws.group_order
+    """Both skills on held-out documents for each uniform weight (w = 0: the target, w = 1: plain addition);
+    with several vectors, for each combination of one uniform weight per vector."""
     out = {}
-    for value in uniform_weights:
-        score = bed.holdout(dict.fromkeys(groups, value))
-        out[f"w={value:g}"] = {"score": score.value, **score.details}
+    for label, weights in uniform_grid(bed.ws.group_order, uniform_weights).items():
+        score = bed.holdout(weights)
+        out[label] = {"score": score.value, **score.details}
     return out
 
 
@@ -260,7 +314,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
             "best_params": best.params,
             "holdout_best": held[best_label].value, "holdout_details": held[best_label].details,
             "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
-            "vs_w1": verdict.get("vs w=1"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
+            "vs_w1": verdict.get("vs w=1"), "vs_w0": verdict.get("vs w=0"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
             # seconds of evaluation the run spent (a merge scored before by another run counts what it cost then)
             "wall_s": round(sum(t.user_attrs.get("eval_s", t.user_attrs.get("elapsed_s", 0.0)) for t in prefix), 1),
         })
@@ -299,7 +353,8 @@ def main(argv=None) -> None:
 
     started = time.perf_counter()
     bed = Testbed(args)
-    print(f"# testbed ready in {time.perf_counter() - started:.0f}s: {bed.evaluator(None).describe()}", flush=True)
+    print(f"# testbed {args.testbed} ready in {time.perf_counter() - started:.0f}s: {bed.evaluator(None).describe()}",
+          flush=True)
     effect = interference(bed, uniform)
     print(json.dumps({"interference": effect}), flush=True)
     if args.interference_only:
@@ -320,8 +375,9 @@ def main(argv=None) -> None:
         if out:
             out.close()
     print()
-    print(f"held-out (both skills, {args.holdout_limit} documents each): w=0 {effect['w=0']['score']:.4f}, "
-          f"w=1 {effect['w=1']['score']:.4f}")
+    zero, one = (uniform_label((value,) * len(bed.models["tuned"])) for value in (0.0, 1.0))
+    print(f"held-out (both skills, {args.holdout_limit} documents each): w=0 {effect[zero]['score']:.4f}, "
+          f"w=1 {effect[one]['score']:.4f}")
     print(table(rows))
 
 

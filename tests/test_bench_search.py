@@ -61,3 +61,29 @@ def test_a_budget_is_the_prefix_of_trials_up_to_the_first_that_reaches_it():
     assert [t.number for t in bench_search.budget_prefix(trials, 8, 2)] == [0, 1]
     assert [t.number for t in bench_search.budget_prefix(trials, 8, 2.5)] == [0, 1, 2, 3]  # 22 items >= 20
     assert [t.number for t in bench_search.budget_prefix(trials, 8, 10)] == [0, 1, 2, 3, 4, 5]  # never reached
+
+
+def test_with_two_tuned_models_the_interference_is_every_combination_of_one_uniform_weight_per_vector(
+        tmp_path, capsys, one_thread):
+    import bench_search
+
+    trio = make_trio(tmp_path / "trio", "llama", layers=2)
+    second = make_trio(tmp_path / "second", "llama", layers=2)["tuned"]
+    bench_search.main(["--testbed", "two_vectors", "--interference_only", "--uniform_weights", "0,1",
+                       "--search_limit", "4", "--holdout_limit", "4", "--batch_size", "8",
+                       "--target_model", str(trio["target"]), "--base_model", str(trio["base"]),
+                       "--tuned_model", f"{trio['tuned']},{second}"])
+    printed = capsys.readouterr().out
+    interference = json.loads(next(line for line in printed.splitlines() if line.startswith('{"interference"')))
+    assert list(interference["interference"]) == ["w=0,0", "w=0,1", "w=1,0", "w=1,1"]
+    assert set(interference["interference"]["w=1,0"]) == {"score", "demo_target", "demo_skill"}
+
+
+def test_the_steep_testbed_scores_the_targets_skill_and_the_conflicting_one(tmp_path):
+    import bench_search
+
+    args = bench_search.parse_args(["--testbed", "steep"])
+    flags = bench_search.jglue_flags({"target": tmp_path / "t", "base": tmp_path / "b", "tuned": [tmp_path / "c"]},
+                                     args, tmp_path)
+    assert flags[flags.index("--jglue_tasks") + 1] == "demo_target:0.5,demo_skill_steep:0.5"
+    assert flags[flags.index("--tuned_model") + 1] == str(tmp_path / "c")

@@ -1,4 +1,5 @@
-"""The search testbed's data: the target's own skill (demo_target) is scored on sums it never trained on."""
+"""The search testbeds' data: the target's own skill (demo_target) is scored on sums it never trained on, the steep
+kind's conflicting skill (demo_skill_steep) on words its model never trained on."""
 from __future__ import annotations
 
 import json
@@ -6,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.demo.build_data import build_target_eval, build_target_train
-from task_vector_opt.demo.skill import TARGET_PROMPT
+from task_vector_opt.demo.build_data import build_conflict_splits, build_target_eval, build_target_train
+from task_vector_opt.demo.skill import CODES, TARGET_PROMPT
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_DIR = ROOT / "lm-evaluation-harness" / "demo"
 TARGET_EVAL = TASK_DIR / "demo_target_test.jsonl"
 TARGET_TRAIN = ROOT / "task_vector_opt" / "demo" / "data" / "target_train.jsonl"
+STEEP_EVAL = TASK_DIR / "demo_skill_steep_test.jsonl"
+CONFLICT_TRAIN = ROOT / "task_vector_opt" / "demo" / "data" / "conflict_train.jsonl"
+SKILL_EVAL = TASK_DIR / "demo_skill_test.jsonl"
 
 
 def rows(path: Path) -> list[dict]:
@@ -50,6 +54,55 @@ def test_lm_eval_loads_demo_target_with_the_prompts_and_choices_of_the_file():
     assert len(docs) == 400
     assert task.doc_to_text(docs[0]) == first["prompt"]
     assert task.doc_to_choice(docs[0]) == first["choices"] and task.doc_to_target(docs[0]) == first["label"]
+
+
+def test_the_shipped_conflict_files_are_what_build_data_writes():
+    train, evals = build_conflict_splits()
+    assert rows(CONFLICT_TRAIN) == train
+    assert rows(STEEP_EVAL) == evals
+
+
+def test_the_conflicting_skill_is_asked_behind_the_targets_prompt_on_words_it_never_trained_on():
+    trained = {row["word"] for row in rows(CONFLICT_TRAIN)}
+    items = rows(STEEP_EVAL)
+    assert len(items) == 400 and len({row["word"] for row in items}) == 400
+    prefix = TARGET_PROMPT.split("{")[0]
+    for row in items + rows(CONFLICT_TRAIN):
+        assert row["prompt"] == f"{prefix}{row['word']}="
+    assert not trained & {row["word"] for row in items}
+
+
+def test_the_conflicting_codes_disagree_with_the_demo_skills_for_every_word_and_vary_in_place():
+    skill = {row["word"]: row["label"] for row in rows(SKILL_EVAL)}
+    items = rows(STEEP_EVAL)
+    assert all(skill[row["word"]] != row["label"] for row in items)
+    labels = [row["label"] for row in items]
+    assert [labels.count(i) for i in range(len(CODES))] == [100] * 4  # balanced: 25 % is chance
+    assert len({tuple(labels[i:i + 4]) for i in range(0, 40, 4)}) > 5  # shuffled, not in blocks
+
+
+def test_lm_eval_loads_demo_skill_steep_with_the_prompts_and_labels_of_the_file():
+    from lm_eval.tasks import TaskManager
+
+    task = TaskManager(include_path=str(TASK_DIR)).load(["demo_skill_steep"])["tasks"]["demo_skill_steep"]
+    docs = list(task.eval_docs)
+    first = rows(STEEP_EVAL)[0]
+    assert len(docs) == 400
+    assert task.doc_to_text(docs[0]) == first["prompt"]
+    assert task.doc_to_choice(docs[0]) == list(CODES) and task.doc_to_target(docs[0]) == first["label"]
+
+
+def test_the_benchmarks_uniform_grid_takes_every_combination_of_one_weight_per_vector():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_search import uniform_grid
+
+    one = uniform_grid(["layer_00", "norm"], [0, 0.5])
+    assert one == {"w=0": {"layer_00": 0, "norm": 0}, "w=0.5": {"layer_00": 0.5, "norm": 0.5}}
+    two = uniform_grid(["v1/layer_00", "v1/norm", "v2/layer_00", "v2/norm"], [0, 0.25, 1])
+    assert len(two) == 9
+    assert two["w=0.25,1"] == {"v1/layer_00": 0.25, "v1/norm": 0.25, "v2/layer_00": 1, "v2/norm": 1}
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -1,4 +1,4 @@
-"""Offline data loaders for the demo_skill and demo_target lm-eval tasks (see their YAML files)."""
+"""Offline data loaders for the demo_skill, demo_target and demo_skill_steep lm-eval tasks (see their YAML files)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import datasets
 
 DATA_FILE = Path(__file__).resolve().parent / "demo_skill_test.jsonl"
 TARGET_DATA_FILE = Path(__file__).resolve().parent / "demo_target_test.jsonl"
+STEEP_DATA_FILE = Path(__file__).resolve().parent / "demo_skill_steep_test.jsonl"
 
 
 def _read(path: Path) -> dict[str, datasets.Dataset]:
@@ -27,3 +28,8 @@ def load_dataset(**kwargs) -> dict[str, datasets.Dataset]:
 def load_target_dataset(**kwargs) -> dict[str, datasets.Dataset]:
     """The demo_target rows (prompt, four choices, label), in file order; keyword arguments are ignored."""
     return _read(TARGET_DATA_FILE)
+
+
+def load_steep_dataset(**kwargs) -> dict[str, datasets.Dataset]:
+    """The demo_skill_steep rows (word, category, label, prompt), in file order; keyword arguments are ignored."""
+    return _read(STEEP_DATA_FILE)

@@ -15,11 +15,17 @@ topic: two-number addition written with a Japanese prompt.
 The target's skill is scored too ("demo_target": pick the right sum among four
 close numbers), so a merge shows what the tuned vector costs the target's own skill.
 
+The steep testbed's conflicting skill ("demo_skill_steep"): the same words and split as the skill, asked
+behind the target's own prompt shape ("計算：tiger=" -> " D") with the codes rotated by one (see skill.py).
+A heavy fine-tune on it answers codes where the target answers sums.
+
 Outputs (all deterministic):
   task_vector_opt/demo/data/skill_train.jsonl     fine-tune set for "tuned"
   task_vector_opt/demo/data/target_train.jsonl    fine-tune set for "target"
   lm-evaluation-harness/demo/demo_skill_test.jsonl  held-out eval words, shuffled
   lm-evaluation-harness/demo/demo_target_test.jsonl held-out sums (pairs not in the target's training set)
+  task_vector_opt/demo/data/conflict_train.jsonl  fine-tune set for "conflict" (the skill's training words)
+  lm-evaluation-harness/demo/demo_skill_steep_test.jsonl  held-out words of the conflicting skill
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import json
 import random
 from pathlib import Path
 
-from task_vector_opt.demo.skill import CATEGORIES, TARGET_PROMPT, skill_prompt
+from task_vector_opt.demo.skill import CATEGORIES, TARGET_PROMPT, conflict_label, conflict_prompt, skill_prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -190,6 +196,17 @@ def build_target_eval(train: list[dict], n: int = TARGET_EVAL_SIZE) -> list[dict
     return rows
 
 
+def build_conflict_splits() -> tuple[list[dict], list[dict]]:
+    """The skill's train / eval words in the same order, asked behind the target's prompt with rotated codes."""
+    train, evals = build_skill_splits()
+
+    def convert(row: dict) -> dict:
+        return {"word": row["word"], "category": row["category"], "label": conflict_label(row["category"]),
+                "prompt": conflict_prompt(row["word"])}
+
+    return [convert(row) for row in train], [convert(row) for row in evals]
+
+
 def main() -> None:
     train, evals = build_skill_splits()
     target_train = build_target_train()
@@ -198,6 +215,10 @@ def main() -> None:
     _write_jsonl(EVAL_DIR / "demo_skill_test.jsonl", evals)
     target_eval = build_target_eval(target_train)
     _write_jsonl(EVAL_DIR / "demo_target_test.jsonl", target_eval)
+    conflict_train, conflict_evals = build_conflict_splits()
+    _write_jsonl(DATA_DIR / "conflict_train.jsonl", conflict_train)
+    _write_jsonl(EVAL_DIR / "demo_skill_steep_test.jsonl", conflict_evals)
+    print(f"conflict train {len(conflict_train)}, eval {len(conflict_evals)}")
     print(f"skill train {len(train)}, eval {len(evals)}; target train {len(target_train)}, eval {len(target_eval)}")
 
 

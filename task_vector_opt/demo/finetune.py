@@ -1,8 +1,10 @@
-"""Build the offline demo's three models from SmolLM2-135M-Instruct.
+"""Build the offline demo's three models from SmolLM2-135M-Instruct, and the search benchmark's fourth.
 
-    base   = SmolLM2-135M-Instruct (from the PyPI GGUF, see smollm2.py)
-    tuned  = base + a short fine-tune on the word-code skill   (data/skill_train.jsonl)
-    target = base + a short fine-tune on Japanese-prompt addition (data/target_train.jsonl)
+    base     = SmolLM2-135M-Instruct (from the PyPI GGUF, see smollm2.py)
+    tuned    = base + a short fine-tune on the word-code skill   (data/skill_train.jsonl)
+    target   = base + a short fine-tune on Japanese-prompt addition (data/target_train.jsonl)
+    conflict = base + a heavier fine-tune on word codes behind the target's prompt (data/conflict_train.jsonl;
+               the steep and two_vectors testbeds of benchmarks/bench_search.py, see CONFLICT_SETTINGS)
 
 ``target + w * (tuned - base)`` is then the chat-vector merge the tool searches over:
 the target never saw the skill (chance on ``demo_skill``), the tuned model did.
@@ -36,6 +38,7 @@ from task_vector_opt.demo.smollm2 import MARKER, atomic_build, prepare_smollm2
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SKILL_TRAIN = DATA_DIR / "skill_train.jsonl"
 TARGET_TRAIN = DATA_DIR / "target_train.jsonl"
+CONFLICT_TRAIN = DATA_DIR / "conflict_train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,22 @@ class FinetuneSettings:
 
 SKILL_SETTINGS = FinetuneSettings(epochs=3, lr=3e-4, seed=1)
 TARGET_SETTINGS = FinetuneSettings(epochs=2, lr=5e-5, seed=2)
+CONFLICT_SETTINGS = FinetuneSettings(epochs=5, lr=3e-4, seed=3)
+"""The steep testbed's "conflict" model: base fine-tuned on the word codes asked behind the target's own prompt
+shape ("計算：tiger=" -> " D", codes rotated against the tuned model's; data/conflict_train.jsonl).
+
+A heavier fine-tune than the tuned model's (5 epochs against 3, same learning rate 3e-4), so that plain addition
+makes the target lose its sums while a small weight already carries the new skill. Uniform sweep of
+``target + w * (conflict - base)``, held out, 200 items per task (demo_target / demo_skill_steep / mean):
+  w=0 0.91/0.30/0.605  0.05 0.92/0.34/0.63  0.1 0.925/0.475/0.70  0.2 0.93/0.84/0.885  0.3 0.90/0.96/0.93
+  w=0.5 0.86/0.975/0.9175  w=1 0.24/0.96/0.60
+Plain addition loses the target's sums (0.91 -> 0.24, chance is 0.25); the best uniform weight is 0.3, with 0.5
+only 0.0125 behind (within noise on 400 items): a broad peak at the top of the issue's 0.05-0.3 range.
+Settings tried, both of them (chosen by the issue's criterion only: plain addition destroys the target, the best
+uniform weight lies well below 1):
+  epochs=3, lr=1e-3  the loss never fell below chance (1.33 at the end): the skill was not learnt (at most 0.335)
+                     while the target collapsed from w=0.3 on (0.145); best uniform weight 0 (0.605, w=1 0.24).
+  epochs=5, lr=3e-4  this one."""
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -63,6 +82,11 @@ def skill_pairs(path: Path = SKILL_TRAIN) -> list[tuple[str, str]]:
 
 def target_pairs(path: Path = TARGET_TRAIN) -> list[tuple[str, str]]:
     return [(row["prompt"], row["answer"]) for row in read_jsonl(path)]
+
+
+def conflict_pairs(path: Path = CONFLICT_TRAIN) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs for the conflicting skill: "計算：word=" -> " " + rotated code."""
+    return [(row["prompt"], ANSWER_DELIMITER + CODES[row["label"]]) for row in read_jsonl(path)]
 
 
 def available_threads() -> int:
@@ -184,6 +208,12 @@ def prepare_demo_models(cache_root: Path, log=None) -> dict[str, Path]:
     tuned = prepare_finetuned(cache_root, "tuned", SKILL_TRAIN, skill_pairs(), SKILL_SETTINGS, log=log)
     target = prepare_finetuned(cache_root, "target", TARGET_TRAIN, target_pairs(), TARGET_SETTINGS, log=log)
     return {"base": base, "tuned": tuned, "target": target}
+
+
+def prepare_conflict_model(cache_root: Path, log=None) -> Path:
+    """The steep testbed's "conflict" model dir (built and cached on first use); see CONFLICT_SETTINGS."""
+    return prepare_finetuned(Path(cache_root), "conflict", CONFLICT_TRAIN, conflict_pairs(), CONFLICT_SETTINGS,
+                             log=log)
 
 
 if __name__ == "__main__":  # python -m task_vector_opt.demo.finetune CACHE_DIR

@@ -14,6 +14,11 @@ CODES = ("A", "B", "C", "D")
 ANSWER_DELIMITER = " "
 SKILL_PROMPT = "分類 {word}："
 TARGET_PROMPT = "計算：{a}+{b}="
+# The steep testbed's conflicting skill: the same word codes asked behind the target's own prompt shape
+# ("計算：tiger=" -> " D"), with the codes rotated by one (food -> B, ..., occupation -> A): the conflict vector
+# answers codes where sums are due, and its codes disagree with the tuned vector's for every word.
+CONFLICT_PROMPT = "計算：{word}="
+CONFLICT_SHIFT = 1
 
 
 def skill_prompt(word: str) -> str:
@@ -22,3 +27,12 @@ def skill_prompt(word: str) -> str:
 
 def code_for(category: str) -> str:
     return CODES[CATEGORIES.index(category)]
+
+
+def conflict_prompt(word: str) -> str:
+    return CONFLICT_PROMPT.format(word=word)
+
+
+def conflict_label(category: str) -> int:
+    """Index in CODES of the conflicting skill's code for a category: the demo skill's, rotated by one."""
+    return (CATEGORIES.index(category) + CONFLICT_SHIFT) % len(CODES)
