@@ -9,8 +9,12 @@ rem TUNED_MODEL: several models, comma-separated, give one task vector each
 set TUNED_MODEL=mistralai/Mistral-7B-Instruct-v0.2
 rem MERGE_METHOD: task_arithmetic, ties, dare_linear or dare_ties
 set MERGE_METHOD=task_arithmetic
-rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, all or parameter
+rem OPTIMIZE_MODE: auto (profile per vector and expert), profile, layer, all or parameter
 set OPTIMIZE_MODE=auto
+rem SCALE_SEARCH: auto (on with OPTIMIZE_MODE auto), on or off: each vector's scale first
+set SCALE_SEARCH=auto
+rem SEARCH_OBJECTIVE: auto (choice_prob for multiple-choice tasks), choice_prob or task
+set SEARCH_OBJECTIVE=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
 rem OPTUNA_SAMPLER: CMA-ES, TPE (the original default), random, GP or TPE-multivariate
@@ -34,6 +38,8 @@ if exist .venv\Scripts\python.exe set PYTHON=.venv\Scripts\python.exe
   --tuned_model "%TUNED_MODEL%" ^
   --merge_method "%MERGE_METHOD%" ^
   --optimize_mode "%OPTIMIZE_MODE%" ^
+  --scale_search "%SCALE_SEARCH%" ^
+  --search_objective "%SEARCH_OBJECTIVE%" ^
   --n_trials "%N_TRIALS%" ^
   --cache_dir "%CACHE_DIR%" ^
   --optuna_sampler "%OPTUNA_SAMPLER%" ^

@@ -8,7 +8,9 @@ TARGET_MODEL="NTQAI/chatntq-ja-7b-v1.0"             # model that receives the ta
 BASE_MODEL="mistralai/Mistral-7B-v0.1"              # task vector = TUNED_MODEL - BASE_MODEL
 TUNED_MODEL="mistralai/Mistral-7B-Instruct-v0.2"  # several: comma-separated, one task vector each
 MERGE_METHOD="task_arithmetic"                      # task_arithmetic | ties | dare_linear | dare_ties
-OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile per vector and expert) | profile | layer | all | parameter
+SCALE_SEARCH="auto"                                 # auto (on with OPTIMIZE_MODE auto) | on | off: each vector's scale first
+SEARCH_OBJECTIVE="auto"                             # auto (choice_prob for multiple choice) | choice_prob | task
 N_TRIALS=30
 CACHE_DIR="./models"
 OPTUNA_SAMPLER="CMA-ES"                             # CMA-ES | TPE (the original default) | random | GP | TPE-multivariate
@@ -29,6 +31,8 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
   --tuned_model "$TUNED_MODEL" \
   --merge_method "$MERGE_METHOD" \
   --optimize_mode "$OPTIMIZE_MODE" \
+  --scale_search "$SCALE_SEARCH" \
+  --search_objective "$SEARCH_OBJECTIVE" \
   --n_trials "$N_TRIALS" \
   --cache_dir "$CACHE_DIR" \
   --optuna_sampler "$OPTUNA_SAMPLER" \

@@ -12,8 +12,10 @@ rem MERGE_METHOD: task_arithmetic, ties, dare_linear or dare_ties
 set MERGE_METHOD=task_arithmetic
 set BENCH_NAME=example
 set JUDGE_MODEL_NAME=gpt-4
-rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, all or parameter
+rem OPTIMIZE_MODE: auto (profile per vector and expert), profile, layer, all or parameter
 set OPTIMIZE_MODE=auto
+rem SCALE_SEARCH: auto (on with OPTIMIZE_MODE auto), on or off: each vector's scale first
+set SCALE_SEARCH=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
 set JUDGE_FILE=FastChat\fastchat\llm_judge\data\judge_prompts.jsonl
@@ -39,6 +41,7 @@ if exist .venv\Scripts\python.exe set PYTHON=.venv\Scripts\python.exe
   --bench_name "%BENCH_NAME%" ^
   --judge_model_name "%JUDGE_MODEL_NAME%" ^
   --optimize_mode "%OPTIMIZE_MODE%" ^
+  --scale_search "%SCALE_SEARCH%" ^
   --n_trials "%N_TRIALS%" ^
   --cache_dir "%CACHE_DIR%" ^
   --judge_file "%JUDGE_FILE%" ^

@@ -11,7 +11,8 @@ TUNED_MODEL="mistralai/Mistral-7B-Instruct-v0.2"  # several: comma-separated, on
 MERGE_METHOD="task_arithmetic"                      # task_arithmetic | ties | dare_linear | dare_ties
 BENCH_NAME="example"                                # FastChat/fastchat/llm_judge/data/<BENCH_NAME>/question.jsonl
 JUDGE_MODEL_NAME="gpt-4"                            # gpt-4o, claude-..., azure:<deployment>, hf:<model>, ...
-OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile per vector and expert) | profile | layer | all | parameter
+SCALE_SEARCH="auto"                                 # auto (on with OPTIMIZE_MODE auto) | on | off: each vector's scale first
 N_TRIALS=30
 CACHE_DIR="./models"
 JUDGE_FILE="FastChat/fastchat/llm_judge/data/judge_prompts.jsonl"
@@ -34,6 +35,7 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
   --bench_name "$BENCH_NAME" \
   --judge_model_name "$JUDGE_MODEL_NAME" \
   --optimize_mode "$OPTIMIZE_MODE" \
+  --scale_search "$SCALE_SEARCH" \
   --n_trials "$N_TRIALS" \
   --cache_dir "$CACHE_DIR" \
   --judge_file "$JUDGE_FILE" \

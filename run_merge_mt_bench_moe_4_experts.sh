@@ -16,7 +16,8 @@ MOE_CONFIG="moe_configs/example_4_experts.yaml"     # mergekit-moe YAML (prompts
 GATE_MODE=""                                        # "" = the config's; or hidden | cheap_embed | random
 BENCH_NAME="example"                                # FastChat/fastchat/llm_judge/data/<BENCH_NAME>/question.jsonl
 JUDGE_MODEL_NAME="gpt-4"                            # gpt-4o, claude-..., azure:<deployment>, hf:<model>, ...
-OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile per vector and expert) | profile | layer | all | parameter
+SCALE_SEARCH="auto"                                 # auto (on with OPTIMIZE_MODE auto) | on | off: each vector's scale first
 N_TRIALS=30
 CACHE_DIR="./models"
 JUDGE_FILE="FastChat/fastchat/llm_judge/data/judge_prompts.jsonl"
@@ -45,6 +46,7 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
   --bench_name "$BENCH_NAME" \
   --judge_model_name "$JUDGE_MODEL_NAME" \
   --optimize_mode "$OPTIMIZE_MODE" \
+  --scale_search "$SCALE_SEARCH" \
   --n_trials "$N_TRIALS" \
   --cache_dir "$CACHE_DIR" \
   --judge_file "$JUDGE_FILE" \

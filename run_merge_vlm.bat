@@ -11,8 +11,10 @@ set VLM_BENCH_FILE=examples\vlm_bench\bench.jsonl
 set VLM_METRIC=rouge_l
 if not defined JUDGE_MODEL_NAME set JUDGE_MODEL_NAME=
 set MAX_NEW_TOKENS=256
-rem OPTIMIZE_MODE: auto (profile where it applies, else layer), profile, layer, all or parameter
+rem OPTIMIZE_MODE: auto (profile per vector and expert), profile, layer, all or parameter
 set OPTIMIZE_MODE=auto
+rem SCALE_SEARCH: auto (on with OPTIMIZE_MODE auto), on or off: each vector's scale first
+set SCALE_SEARCH=auto
 set N_TRIALS=30
 set CACHE_DIR=.\models
 rem OPTUNA_SAMPLER: CMA-ES, TPE (the original default), random, GP or TPE-multivariate
@@ -39,6 +41,7 @@ if exist .venv\Scripts\python.exe set PYTHON=.venv\Scripts\python.exe
   --vlm_metric "%VLM_METRIC%" ^
   --max_new_tokens "%MAX_NEW_TOKENS%" ^
   --optimize_mode "%OPTIMIZE_MODE%" ^
+  --scale_search "%SCALE_SEARCH%" ^
   --n_trials "%N_TRIALS%" ^
   --cache_dir "%CACHE_DIR%" ^
   --optuna_sampler "%OPTUNA_SAMPLER%" ^

@@ -12,7 +12,8 @@ VLM_BENCH_FILE="examples/vlm_bench/bench.jsonl"     # JSONL: question, image (re
 VLM_METRIC="rouge_l"                                # rouge_l | judge
 JUDGE_MODEL_NAME="${JUDGE_MODEL_NAME:-}"            # with VLM_METRIC=judge: gpt-4o, claude-..., hf:<model>, ...
 MAX_NEW_TOKENS=256
-OPTIMIZE_MODE="auto"                                # auto (profile where it applies, else layer) | profile | layer | all | parameter
+OPTIMIZE_MODE="auto"                                # auto (profile per vector and expert) | profile | layer | all | parameter
+SCALE_SEARCH="auto"                                 # auto (on with OPTIMIZE_MODE auto) | on | off: each vector's scale first
 N_TRIALS=30
 CACHE_DIR="./models"
 OPTUNA_SAMPLER="CMA-ES"                             # CMA-ES | TPE (the original default) | random | GP | TPE-multivariate
@@ -36,6 +37,7 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
   --vlm_metric "$VLM_METRIC" \
   --max_new_tokens "$MAX_NEW_TOKENS" \
   --optimize_mode "$OPTIMIZE_MODE" \
+  --scale_search "$SCALE_SEARCH" \
   --n_trials "$N_TRIALS" \
   --cache_dir "$CACHE_DIR" \
   --optuna_sampler "$OPTUNA_SAMPLER" \
