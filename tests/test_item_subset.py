@@ -85,17 +85,22 @@ def test_on_noisy_items_the_anchor_estimate_tracks_the_full_score_better_than_a_
 
 # ------------------------------------------------------------------------------ through the JGLUE launcher
 
-def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_uses_every_item(tmp_path):
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    from tiny_models import make_trio
+
+    return make_trio(tmp_path_factory.mktemp("trio"), "llama")
+
+
+def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_uses_every_item(trio, tmp_path):
     """A run with --item_subset scores its first trials in full, then only the subset (each trial records the
     estimate, the subset's size and the items it cost); rerun with more trials it keeps the same subset; its held-out
     scores and verdict are those of every held-out document, exactly as without subsets."""
     from test_jglue_pipeline import command, load_study, run
-    from tiny_models import make_trio
 
     from task_vector_opt.evaluation.jglue import SEARCH_VALUES_ATTR, SUBSET_ATTR
     from task_vector_opt.search.study import FINISHED
 
-    trio = make_trio(tmp_path / "trio", "llama")
     with_subset = tmp_path / "subset"
     flags = ("--item_subset", "0.34", "--item_subset_after", "6")
     done = run(command(trio, with_subset, 9, *flags))
@@ -136,11 +141,10 @@ def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_
     ({"item_subset": "0.3", "item_subset_after": "1"}, "--item_subset_after", "at least 2"),
     ({"item_subset": "0.3", "prune": True}, "--item_subset", "--prune"),
 ])
-def test_bad_subset_settings_are_one_line_naming_the_flag_before_anything_loads(values, flag, fragment, tmp_path):
+def test_bad_subset_settings_are_one_line_naming_the_flag_before_anything_loads(values, flag, fragment, trio,
+                                                                                tmp_path):
     from test_jglue_pipeline import command, run
-    from tiny_models import make_trio
 
-    trio = {role: tmp_path / "never_loaded" for role in ("target", "base", "tuned")}
     extra = []
     for name, value in values.items():
         extra += [f"--{name}"] if value is True else [f"--{name}", value]
