@@ -127,6 +127,7 @@ def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_
     without = tmp_path / "full"
     assert run(command(trio, without, 9)).returncode == 0
     recipes = [json.loads((d / "out" / "merge_recipe.json").read_text()) for d in (with_subset, without)]
+    assert "scored 0.34 of the search documents" in recipes[0]["search"] and "documents" not in recipes[1]["search"]
     for recipe in recipes:  # the verdict pairs all 12 held-out documents, never an estimate
         assert recipe["holdout_verdict"]["vs w=0"]["n_items"] == 12
     for label in ("w=0", "w=1"):
