@@ -136,20 +136,19 @@ def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_
     assert recipes[0]["items_scored"] == 6 * 12 + 5 * 4 and recipes[1]["items_scored"] == 9 * 12
 
 
-@pytest.mark.parametrize("values, flag, fragment", [
-    ({"item_subset": "1"}, "--item_subset", "below 1"),
-    ({"item_subset": "-0.2"}, "--item_subset", "at least 0"),
-    ({"item_subset": "0.3", "item_subset_after": "1"}, "--item_subset_after", "at least 2"),
-    ({"item_subset": "0.3", "prune": True}, "--item_subset", "--prune"),
+@pytest.mark.parametrize("extra, flag, fragment", [
+    (["--item_subset", "1"], "--item_subset", "below 1"),
+    (["--item_subset", "-0.2"], "--item_subset", "at least 0"),
+    (["--item_subset", "0.3", "--item_subset_after", "1"], "--item_subset_after", "at least 2"),
+    (["--item_subset", "0.3", "--prune"], "--item_subset", "--prune"),
 ])
-def test_bad_subset_settings_are_one_line_naming_the_flag_before_anything_loads(values, flag, fragment, trio,
-                                                                                tmp_path):
-    from test_jglue_pipeline import command, run
+def test_bad_subset_settings_are_one_line_naming_the_flag_before_any_model_loads(extra, flag, fragment, trio, tmp_path,
+                                                                                 capsys, monkeypatch):
+    from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
+    from test_jglue_pipeline import command
 
-    extra = []
-    for name, value in values.items():
-        extra += [f"--{name}"] if value is True else [f"--{name}", value]
-    done = run(command(trio, tmp_path, 3, *extra))
-    assert done.returncode == 2
-    error = done.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: {flag}") and fragment in error
+    from task_vector_opt import engine
+
+    refuse_model_loads(monkeypatch, engine)
+    argv = command(trio, tmp_path, 3, *extra)[2:]  # without the interpreter and the script
+    expect_usage_error(jglue_in_process, argv, capsys, flag, fragment)

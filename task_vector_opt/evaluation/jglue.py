@@ -84,6 +84,8 @@ class JGLUESettings:
     # --item_subset_after trials scored them all
     item_subset: float = identity_when(lambda settings: settings.item_subset > 0, default=0.0)
     item_subset_after: int = identity_when(lambda settings: settings.item_subset > 0, default=DEFAULT_SUBSET_AFTER)
+    # a trial whose estimate beats every full score so far is scored on the rest of its documents
+    item_subset_confirm: bool = identity_when(lambda settings: settings.item_subset > 0, default=False)
 
 
 def parse_batch_size(value: Any) -> int | str:
@@ -149,6 +151,15 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
         item_subset=subset,
         item_subset_after=subset_after if subset else DEFAULT_SUBSET_AFTER,
     )
+
+
+def best_full_score(study: Any) -> float:
+    """The best search score of the study's finished trials that scored every search document (-inf: none)."""
+    import optuna
+
+    full = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "subset_estimate" not in t.user_attrs or t.user_attrs.get("subset_confirmed")]
+    return max(full, default=float("-inf"))
 
 
 # ------------------------------------------------------------------------------------------- evaluator
@@ -436,6 +447,19 @@ class JGLUEEvaluator:
         value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
         if subset is not None:
             trial_attrs.update(subset_estimate=value, subset_size=subset.size)
+            if self.settings.item_subset_confirm and trial is not None and value > best_full_score(trial.study):
+                # a new best by the estimate: confirmed on the rest of the documents, so the best trial's score is
+                # never an estimate (the largest of many noisy estimates is biased upwards)
+                with _logger_at_least("lm_eval", logging.WARNING):
+                    lm = self.lm_for(model, tokenizer)
+                    for run, _ in runs:
+                        rest = [d for d in run.search_docs if d not in per_doc[run.name]]
+                        if rest:
+                            per_doc[run.name].update(self._run(lm, run, rest, objective(run))[1])
+                            items += len(rest)
+                        details[run.name] = self._aggregate(run, per_doc[run.name], objective(run))
+                value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
+                trial_attrs["subset_confirmed"] = True
         smooth = {run.name: objective(run) for run, _ in runs if objective(run) != TASK_METRIC}
         item_values = {} if smooth or subset is not None else self._item_values([run for run, _ in runs], per_doc)
         parts = dict(details) if len(runs) > 1 else {}
