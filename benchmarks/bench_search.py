@@ -47,15 +47,19 @@ class Strategy:
     scale_first: bool = False  # --scale_search on
     objective: str = "task"  # --search_objective
     subset: float = 0.0  # --item_subset
-    confirm: bool = False  # a new best by the estimate is scored on every document
+    confirm: bool = True  # a new best by the estimate is scored on every document (as --item_subset does)
 
     @classmethod
     def parse(cls, name: str) -> "Strategy":
         """'CMA-ES/scale-profile4+median~choice_prob' -> CMA-ES sampler, --scale_search on, profile mode with 4
         knots, --prune --pruner median, --search_objective choice_prob (without ~: the task's own metric);
-        a last '^subset0.33': --item_subset 0.33 ('^subset0.33/confirm': a new best by the estimate is confirmed)."""
+        a last '^subset0.33': --item_subset 0.33 ('^subset0.33/estimate_only': without the confirmation of a new best
+        on every document, the ablation)."""
         name, _, subset = name.partition("^subset")
-        subset, _, confirm = subset.partition("/")
+        subset, _, variant = subset.partition("/")
+        if variant not in ("", "estimate_only"):
+            raise SystemExit(f"--strategies: {name!r}: '^subset' variant {variant!r}; use ^subsetF or "
+                             "^subsetF/estimate_only")
         rest, _, objective = name.partition("~")
         body, _, pruner = rest.partition("+")
         sampler, _, mode = body.partition("/")
@@ -71,7 +75,7 @@ class Strategy:
         if objective not in ("", "task", "choice_prob"):
             raise SystemExit(f"--strategies: {name!r}: objective {objective!r}; use task or choice_prob")
         return cls(sampler, mode, knots, pruner or None, scale_first, objective or "task", float(subset or 0),
-                   confirm == "confirm")
+                   variant != "estimate_only")
 
 
 NEW_DEFAULT = "CMA-ES/scale-profile4~choice_prob"  # the tool's defaults: --scale_search, --search_objective
@@ -136,7 +140,7 @@ class Testbed:
         self._evaluators: dict[str | None, object] = {}
         self._holdout: dict[tuple, object] = {}
 
-    def evaluator(self, pruner: str | None, objective: str = "task", subset: float = 0.0, confirm: bool = False):
+    def evaluator(self, pruner: str | None, objective: str = "task", subset: float = 0.0, confirm: bool = True):
         import dataclasses
 
         from task_vector_opt.evaluation.jglue import JGLUEEvaluator

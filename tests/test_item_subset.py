@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from task_vector_opt.evaluation.item_subset import ItemSubset, anchor_points, choose_subset
 from task_vector_opt.evaluation.lm_eval_tasks.scoring import weighted_mean
@@ -94,8 +95,10 @@ def trio(tmp_path_factory):
 
 def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_uses_every_item(trio, tmp_path):
     """A run with --item_subset scores its first trials in full, then only the subset (each trial records the
-    estimate, the subset's size and the items it cost); rerun with more trials it keeps the same subset; its held-out
-    scores and verdict are those of every held-out document, exactly as without subsets."""
+    estimate, the subset's size and the items it cost), and confirms on every document only a trial whose estimate
+    beats every full score before it, so the best trial's score is never an estimate; rerun with more trials it keeps
+    the same subset; its held-out scores and verdict are those of every held-out document, exactly as without
+    subsets."""
     from test_jglue_pipeline import command, load_study, run
 
     from task_vector_opt.evaluation.jglue import SEARCH_VALUES_ATTR, SUBSET_ATTR
@@ -113,16 +116,25 @@ def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_
     for trial in trials[:6]:  # scored in full: every search document's value kept for the fit
         assert trial.user_attrs["items_scored"] == 12 and len(trial.user_attrs[SEARCH_VALUES_ATTR]["demo_skill"]) == 12
         assert "subset_estimate" not in trial.user_attrs
-    for trial in trials[6:]:
-        assert trial.user_attrs["items_scored"] == trial.user_attrs["subset_size"] == 4
-        assert trial.user_attrs["subset_estimate"] == trial.value
-        assert SEARCH_VALUES_ATTR not in trial.user_attrs
 
     again = run(command(trio, with_subset, 11, *flags, "--overwrite_output_dir"))  # resumed: the same subset
     assert again.returncode == 0, again.stderr[-3000:]
     study = load_study(with_subset)
     assert study.user_attrs[SUBSET_ATTR] == subset
-    assert [t.user_attrs["items_scored"] for t in study.get_trials(states=FINISHED)[9:]] == [4, 4]
+    trials = study.get_trials(states=FINISHED)
+    assert len(trials) == 11
+    for trial in trials[6:]:
+        full_before = max(t.value for t in trials[:trial.number]
+                          if "subset_estimate" not in t.user_attrs or t.user_attrs.get("subset_confirmed"))
+        assert trial.user_attrs["subset_size"] == 4 and SEARCH_VALUES_ATTR not in trial.user_attrs
+        if trial.user_attrs.get("subset_confirmed"):  # a new best by its estimate: scored on every document
+            assert trial.user_attrs["subset_estimate"] > full_before and trial.user_attrs["items_scored"] == 12
+        else:
+            assert trial.user_attrs["subset_estimate"] <= full_before
+            assert trial.user_attrs["items_scored"] == 4 and trial.value == trial.user_attrs["subset_estimate"]
+    best = study.best_trial
+    assert "subset_estimate" not in best.user_attrs or best.user_attrs["subset_confirmed"]
+    spent = sum(t.user_attrs["items_scored"] for t in trials)
 
     without = tmp_path / "full"
     assert run(command(trio, without, 9)).returncode == 0
@@ -132,8 +144,7 @@ def test_later_trials_score_the_subset_resume_keeps_it_and_the_held_out_verdict_
         assert recipe["holdout_verdict"]["vs w=0"]["n_items"] == 12
     for label in ("w=0", "w=1"):
         assert recipes[0]["holdout_score"][label] == recipes[1]["holdout_score"][label]
-    # the best merge's held-out score is its score on every held-out document, as the run without subsets scores it
-    assert recipes[0]["items_scored"] == 6 * 12 + 5 * 4 and recipes[1]["items_scored"] == 9 * 12
+    assert recipes[0]["items_scored"] == spent < 11 * 12 and recipes[1]["items_scored"] == 9 * 12
 
 
 @pytest.mark.parametrize("extra, flag, fragment", [
@@ -152,3 +163,39 @@ def test_bad_subset_settings_are_one_line_naming_the_flag_before_any_model_loads
     refuse_model_loads(monkeypatch, engine)
     argv = command(trio, tmp_path, 3, *extra)[2:]  # without the interpreter and the script
     expect_usage_error(jglue_in_process, argv, capsys, flag, fragment)
+
+
+@pytest.mark.parametrize("bar", [-1.0, 2.0], ids=["estimate_beats_every_full_score", "estimate_beats_none"])
+def test_only_an_estimate_above_every_full_score_is_confirmed_and_then_the_score_is_the_full_one(trio, tmp_path, bar):
+    """Six trials scored in full (their values told as ``bar``), then one on the subset: above the bar it is scored
+    on the other documents too and gets exactly the full score; below it keeps the estimate."""
+    import optuna
+    from test_jglue_evaluator import flags
+    from test_jglue_pipeline import DEMO_TASKS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from task_vector_opt.evaluation.jglue import JGLUEEvaluator, jglue_settings_from_args
+
+    settings = jglue_settings_from_args(flags(jglue_tasks="demo_skill", jglue_limit="12", batch_size="4",
+                                              task_search_path=str(DEMO_TASKS), search_objective="auto",
+                                              item_subset="0.25"))
+    evaluator = JGLUEEvaluator(settings, tmp_path / "tasks")
+    live = (AutoModelForCausalLM.from_pretrained(trio["target"], dtype=torch.float32),
+            AutoTokenizer.from_pretrained(trio["target"]))
+    study = optuna.create_study(direction="maximize")
+    full = None
+    for _ in range(6):
+        trial = study.ask()
+        full = evaluator.score(*live, trial=trial)
+        for key, value in full.trial_attrs.items():  # as the engine stores them
+            trial.set_user_attr(key, value)
+        study.tell(trial, bar)
+    trial = study.ask()
+    later = evaluator.score(*live, trial=trial)
+    assert later.trial_attrs["subset_size"] == 3  # a quarter of 12
+    if bar < 0:
+        assert later.trial_attrs["subset_confirmed"] and later.items_scored == 12
+        assert later.value == pytest.approx(full.value, abs=1e-12)
+    else:
+        assert "subset_confirmed" not in later.trial_attrs and later.items_scored == 3
+        assert later.value == later.trial_attrs["subset_estimate"]
