@@ -31,7 +31,9 @@ def search_sentence(inputs: dict[str, Any]) -> str:
     if isinstance(evaluator, dict) and evaluator.get("item_subset"):
         parts.append(f"after {evaluator.get('item_subset_after')} trials scored in full, each trial scored "
                      f"{evaluator['item_subset']:g} of the search documents (anchor points) and was given their "
-                     "estimate of the full score")
+                     "estimate of the full score"
+                     + ("; a new best estimate was confirmed on every document"
+                        if evaluator.get("item_subset_confirm", True) else ""))
     return "; ".join(parts)
 
 
