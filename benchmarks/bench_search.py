@@ -67,11 +67,20 @@ class Strategy:
     pruner: str | None = None  # --prune with this pruner
     scale_first: bool = False  # --scale_search on
     objective: str = "task"  # --search_objective
+    subset: float = 0.0  # --item_subset
+    confirm: bool = True  # a new best by the estimate is scored on every document (as --item_subset does)
 
     @classmethod
     def parse(cls, name: str) -> "Strategy":
         """'CMA-ES/scale-profile4+median~choice_prob' -> CMA-ES sampler, --scale_search on, profile mode with 4
-        knots, --prune --pruner median, --search_objective choice_prob (without ~: the task's own metric)."""
+        knots, --prune --pruner median, --search_objective choice_prob (without ~: the task's own metric);
+        a last '^subset0.33': --item_subset 0.33 ('^subset0.33/estimate_only': without the confirmation of a new best
+        on every document, the ablation)."""
+        name, _, subset = name.partition("^subset")
+        subset, _, variant = subset.partition("/")
+        if variant not in ("", "estimate_only"):
+            raise SystemExit(f"--strategies: {name!r}: '^subset' variant {variant!r}; use ^subsetF or "
+                             "^subsetF/estimate_only")
         rest, _, objective = name.partition("~")
         body, _, pruner = rest.partition("+")
         sampler, _, mode = body.partition("/")
@@ -86,7 +95,8 @@ class Strategy:
                              "e.g. TPE/layer or CMA-ES/scale-profile4~choice_prob")
         if objective not in ("", "task", "choice_prob"):
             raise SystemExit(f"--strategies: {name!r}: objective {objective!r}; use task or choice_prob")
-        return cls(sampler, mode, knots, pruner or None, scale_first, objective or "task")
+        return cls(sampler, mode, knots, pruner or None, scale_first, objective or "task", float(subset or 0),
+                   variant != "estimate_only")
 
 
 NEW_DEFAULT = "CMA-ES/scale-profile4~choice_prob"  # the tool's defaults: --scale_search, --search_objective
@@ -163,19 +173,21 @@ class Testbed:
         self._evaluators: dict[str | None, object] = {}
         self._holdout: dict[tuple, object] = {}
 
-    def evaluator(self, pruner: str | None, objective: str = "task"):
+    def evaluator(self, pruner: str | None, objective: str = "task", subset: float = 0.0, confirm: bool = True):
         import dataclasses
 
         from task_vector_opt.evaluation.jglue import JGLUEEvaluator
 
-        if (pruner, objective) not in self._evaluators:
+        if (pruner, objective, subset, confirm) not in self._evaluators:
             settings = dataclasses.replace(self.config.evaluator, pruner=pruner, objective=objective,
-                                           chunks=self.args.chunks if pruner else 1)
+                                           chunks=self.args.chunks if pruner else 1, item_subset=subset,
+                                           item_subset_confirm=confirm)
             evaluator = JGLUEEvaluator(settings, self.run_dir / "lm_eval_tasks")
             # Without pruning a score depends only on the merge: runs share the merges they have in common (the
             # baselines, the scale stage's design) instead of scoring them again.
-            self._evaluators[pruner, objective] = evaluator if pruner else SharedScores(evaluator, self.ws.merger)
-        return self._evaluators[pruner, objective]
+            self._evaluators[pruner, objective, subset, confirm] = (evaluator if pruner else
+                                                                    SharedScores(evaluator, self.ws.merger))
+        return self._evaluators[pruner, objective, subset, confirm]
 
     @property
     def full_items(self) -> int:
@@ -205,7 +217,8 @@ class SharedScores:
     def score(self, model, tokenizer, trial=None):
         import dataclasses
 
-        key = tuple(sorted(self.merger.current.items()))
+        # a merge scored on the item subset is another score than the same merge scored in full
+        key = (tuple(sorted(self.merger.current.items())), self.evaluator.subset_for(trial) is not None)
         if key not in self._scores:
             started = time.perf_counter()
             result = self.evaluator.score(model, tokenizer, trial)
@@ -277,7 +290,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
     from task_vector_opt.search.verdict import holdout_verdict
 
     strategy = Strategy.parse(name)
-    evaluator = bed.evaluator(strategy.pruner, strategy.objective)
+    evaluator = bed.evaluator(strategy.pruner, strategy.objective, strategy.subset, strategy.confirm)
     config = dataclasses.replace(bed.config, sampler=strategy.sampler, seed=seed, optimize_mode=strategy.mode,
                                  profile_knots=strategy.knots, scale_first=strategy.scale_first,
                                  evaluator=evaluator.settings, n_trials=10_000, study_name=f"{name}-{seed}")

@@ -225,7 +225,7 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
         with finite_logits_guard(ws.model):  # NaN/inf logits fail the trial (make_objective records why)
             result = evaluator.score(ws.model, ws.tokenizer, trial)
         items = {"items_scored": result.items_scored} if result.items_scored else {}
-        return result.value, {**result.details, **items}
+        return result.value, {**result.details, **items, **result.trial_attrs}
 
     try:
         run_search(study, config.n_trials,

@@ -108,6 +108,7 @@ JGLUE_FLAGS_INSIDE = {
     "--jglue_limit": ["--jglue_limit", "10"],
     "--jglue_num_fewshot": ["--jglue_num_fewshot", "1"],
     "--jglue_holdout_limit": ["--jglue_holdout_limit", "4"],
+    "--item_subset": ["--item_subset", "0.3"],
     "--tuned_model": ["--tuned_model", "{target2}"],
 }
 

@@ -197,6 +197,14 @@ JGLUE_FLAGS = [
     *PRUNING_FLAGS,
     Flag("--jglue_chunks", "With --prune: chunks the search documents are scored in; each chunk takes every N-th "
          "document of every task, so the running score after an early chunk is representative.", 4, type=int),
+    Flag("--item_subset", "Fraction of each task's search documents that trials score once --item_subset_after "
+         "trials have scored them all (0 = every document, always). The documents are chosen from those first "
+         "trials (anchor points: clusters of documents that moved alike, each weighted by its size) and a trial's "
+         "score is their estimate of the full score; a trial whose estimate beats every full score so far is "
+         "scored on the rest of the documents, so the best trial's score is never an estimate. The held-out "
+         "verdict always scores every held-out document. Not with --prune.", 0.0, type=float),
+    Flag("--item_subset_after", "With --item_subset: trials scored on every search document before the subset is "
+         "chosen (the baselines count).", 6, type=int),
 ]
 
 

@@ -12,6 +12,10 @@ else the task's first metric), the run's score is the weighted mean over tasks (
 With --prune the search documents are scored in chunks (chunk k: every N-th document of every task from
 the k-th on); after each chunk but the last the running score goes to the pruner. The holdout is one chunk,
 never pruned, and gives each document's value for the paired verdict.
+With --item_subset F the first --item_subset_after trials score every search document and keep each document's
+value; the next trial chooses a fraction F of each task's documents (evaluation/item_subset.py, kept in the study)
+and every later trial scores only those and is given their estimate of the full score; a trial whose estimate beats
+every full score so far is confirmed on the rest of the documents. The holdout always scores every held-out document.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from task_vector_opt.errors import UsageError, first_line
+from task_vector_opt.evaluation.item_subset import ItemSubset, choose_subset
 from task_vector_opt.evaluation.lm_eval_tasks.objectives import AUTO, OBJECTIVES, TASK_METRIC, check_objective, \
     choice_probability, task_objective
 from task_vector_opt.evaluation.lm_eval_tasks.local_data import local_data_files, write_local_tasks
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 500  # documents per task during the search, as in the original
 FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed (simple_evaluate and the CLI's --seed 0,1234,1234,1234)
+DEFAULT_SUBSET_AFTER = 6  # the baselines and the scale stage's first four design points
+SEARCH_VALUES_ATTR = "search_item_values"  # trial user attr (--item_subset): task -> each search document's value
+SUBSET_ATTR = "item_subset"  # study user attr: the chosen subset (ItemSubset.to_json), so a resumed run keeps it
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -72,6 +80,13 @@ class JGLUESettings:
     # --search_objective: what the search maximizes (the held-out verdict always uses the task's own metric)
     objective: str = identity_when(lambda settings: settings.objective != TASK_METRIC, default=TASK_METRIC)
     # (auto: choice_prob for the multiple-choice tasks, each other task's own metric)
+    # --item_subset: the fraction of each task's search documents later trials score (0: all of them), chosen after
+    # --item_subset_after trials scored them all
+    item_subset: float = identity_when(lambda settings: settings.item_subset > 0, default=0.0)
+    item_subset_after: int = identity_when(lambda settings: settings.item_subset > 0, default=DEFAULT_SUBSET_AFTER)
+    # a trial whose estimate beats every full score so far is scored on the rest of its documents (False: the estimate
+    # only, an ablation the search benchmark measures; no flag)
+    item_subset_confirm: bool = identity_when(lambda settings: settings.item_subset > 0, default=True)
 
 
 def parse_batch_size(value: Any) -> int | str:
@@ -105,6 +120,17 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     if args.search_objective not in OBJECTIVES:
         raise UsageError("--search_objective", f"unknown objective {args.search_objective!r}; choose "
                                                f"{' or '.join(OBJECTIVES)}")
+    subset = float(getattr(args, "item_subset", 0.0))
+    subset_after = int(getattr(args, "item_subset_after", DEFAULT_SUBSET_AFTER))
+    if not 0 <= subset < 1:
+        raise UsageError("--item_subset", f"must be a fraction of the search documents, at least 0 and below 1 "
+                                          f"(got {subset:g}); e.g. 0.33, or 0 to score every document")
+    if subset and subset_after < 2:
+        raise UsageError("--item_subset_after", f"must be at least 2 (got {subset_after}): the subset is chosen from "
+                                                "how the documents' values vary over the trials scored in full")
+    if subset and pruner:
+        raise UsageError("--item_subset", "cannot be combined with --prune: both cut the documents a trial scores; "
+                                          "choose one")
     data_dir = check_data_dir(args.jglue_data_dir)
     resolved = resolve_tasks(requests, search_path=search_path, data_dir=data_dir)
     if data_dir:
@@ -123,7 +149,18 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
         pruner=pruner,
         chunks=chunks if pruner else 1,
         objective=args.search_objective,
+        item_subset=subset,
+        item_subset_after=subset_after if subset else DEFAULT_SUBSET_AFTER,
     )
+
+
+def best_full_score(study: Any) -> float:
+    """The best search score of the study's finished trials that scored every search document (-inf: none)."""
+    import optuna
+
+    full = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "subset_estimate" not in t.user_attrs or t.user_attrs.get("subset_confirmed")]
+    return max(full, default=float("-inf"))
 
 
 # ------------------------------------------------------------------------------------------- evaluator
@@ -265,6 +302,10 @@ class JGLUEEvaluator:
         if s.objective not in (TASK_METRIC, AUTO) and (reason := check_objective(task, metric)) is not None:
             raise UsageError("--search_objective", f"{s.objective} cannot score {item.name!r}: {reason}; use "
                                                    f"--search_objective {TASK_METRIC} (its own metric, {metric})")
+        if s.item_subset and task_objective(s.objective, task, metric) == TASK_METRIC and getattr(
+                task.aggregation()[metric], "__name__", "") != "mean":
+            raise UsageError("--item_subset", f"{item.name!r}: its metric {metric} is not a mean over documents, so a "
+                                              "subset of them cannot estimate it; drop --item_subset")
         available = len(task.eval_docs)
         if available == 0:
             raise UsageError(TASKS_FLAG, f"{item.name!r}: lm-eval task {item.lm_eval_task} has no documents to score")
@@ -355,8 +396,11 @@ class JGLUEEvaluator:
             values.update({f"{run.name}/{doc}": float(v) * scale for doc, v in docs.items()})
         return values
 
-    def _score(self, model: Any, tokenizer: Any, split: str, trial: Any | None) -> Score | None:
+    def _score(self, model: Any, tokenizer: Any, split: str, trial: Any | None,
+               subset: ItemSubset | None = None) -> Score | None:
         runs = [(r, r.search_docs if split == "search" else r.holdout_docs) for r in self.runs]
+        if subset is not None:
+            runs = [(r, subset.anchors[r.name]) for r, _ in runs]
         runs = [(r, docs) for r, docs in runs if docs]
         if not runs:
             return None
@@ -395,22 +439,73 @@ class JGLUEEvaluator:
                         trial.set_user_attr("items_scored", items)  # what the pruned trial cost
                         raise optuna.TrialPruned(f"pruned after chunk {step + 1} of {n_chunks} ({items} documents): "
                                                  f"running score {running:.4f}")
+        trial_attrs: dict[str, Any] = {}
+        if subset is not None:  # each task's score is its anchors' estimate of the full one
+            details.update({run.name: subset.task_estimate(run.name, per_doc[run.name]) for run, _ in runs})
+        elif split == "search" and self.settings.item_subset:  # what the subset is fitted on
+            trial_attrs[SEARCH_VALUES_ATTR] = {run.name: [float(per_doc[run.name][d]) for d in docs]
+                                               for run, docs in runs}
         value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
+        if subset is not None:
+            trial_attrs.update(subset_estimate=value, subset_size=subset.size)
+            if self.settings.item_subset_confirm and trial is not None and value > best_full_score(trial.study):
+                # a new best by the estimate: confirmed on the rest of the documents, so the best trial's score is
+                # never an estimate (the largest of many noisy estimates is biased upwards)
+                with _logger_at_least("lm_eval", logging.WARNING):
+                    lm = self.lm_for(model, tokenizer)
+                    for run, _ in runs:
+                        rest = [d for d in run.search_docs if d not in per_doc[run.name]]
+                        if rest:
+                            per_doc[run.name].update(self._run(lm, run, rest, objective(run))[1])
+                            items += len(rest)
+                        details[run.name] = self._aggregate(run, per_doc[run.name], objective(run))
+                value = weighted_mean([details[run.name] for run, _ in runs], [run.weight for run, _ in runs])
+                trial_attrs["subset_confirmed"] = True
         smooth = {run.name: objective(run) for run, _ in runs if objective(run) != TASK_METRIC}
-        item_values = {} if smooth else self._item_values([run for run, _ in runs], per_doc)
+        item_values = {} if smooth or subset is not None else self._item_values([run for run, _ in runs], per_doc)
         parts = dict(details) if len(runs) > 1 else {}
         # the trial records which number each task's is, beside the task's name
         details = {f"{name} ({smooth[name]})" if name in smooth else name: v for name, v in details.items()}
-        return Score(value=value, details=details, item_values=item_values, items_scored=items, parts=parts)
+        return Score(value=value, details=details, item_values=item_values, items_scored=items, parts=parts,
+                     trial_attrs=trial_attrs)
 
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
         """Search score: weighted mean of each task's primary metric on its search documents.
 
         With ``trial`` and --prune, the running weighted mean is reported after each chunk but the last
-        (step = chunk index) and optuna.TrialPruned is raised when the study's pruner says so."""
-        result = self._score(model, tokenizer, "search", trial)
+        (step = chunk index) and optuna.TrialPruned is raised when the study's pruner says so.
+
+        With --item_subset, once the study has its subset (``subset_for``), only the subset's documents are scored
+        and the score is their estimate of the full one."""
+        result = self._score(model, tokenizer, "search", trial, self.subset_for(trial))
         assert result is not None  # every task has at least one search document
         return result
+
+    def subset_for(self, trial: Any | None) -> ItemSubset | None:
+        """The study's item subset: None without --item_subset, or while fewer than --item_subset_after trials have
+        finished with every search document's value; chosen from the first of them once, then kept in the study
+        (a resumed run, or another worker, reads the same one)."""
+        if not self.settings.item_subset or trial is None:
+            return None
+        import optuna
+
+        study = trial.study
+        stored = study.user_attrs.get(SUBSET_ATTR)
+        if stored:
+            return ItemSubset.from_json(stored)
+        scored = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                  if SEARCH_VALUES_ATTR in t.user_attrs]
+        if len(scored) < self.settings.item_subset_after:
+            return None
+        fitted = sorted(scored, key=lambda t: t.number)[:self.settings.item_subset_after]
+        values = {run.name: list(zip(*(t.user_attrs[SEARCH_VALUES_ATTR][run.name] for t in fitted)))
+                  for run in self.runs}
+        subset = choose_subset(values, {run.name: run.search_docs for run in self.runs}, self.settings.item_subset,
+                               [t.number for t in fitted])
+        study.set_user_attr(SUBSET_ATTR, subset.to_json())
+        log.info("item subset: %d of %d search documents, chosen from trials %s; later trials score only these",
+                 subset.size, sum(len(run.search_docs) for run in self.runs), subset.fitted_on)
+        return subset
 
     def holdout(self, model: Any, tokenizer: Any) -> Score | None:
         """Held-out score on documents [limit, limit + holdout) of each task; None without holdout documents.
@@ -430,5 +525,9 @@ class JGLUEEvaluator:
                      if smooth else "")
         pruning = (f"; --prune ({self.settings.pruner}) after each of {self.settings.chunks} chunks"
                    if self.settings.pruner else "")
+        subsets = (f"; --item_subset: {self.settings.item_subset:g} of the search documents after "
+                   f"{self.settings.item_subset_after} full trials, with the anchors' estimate"
+                   + (" (a new best confirmed on every document)" if self.settings.item_subset_confirm else "")
+                   if self.settings.item_subset else "")
         return (f"lm-eval: {'; '.join(parts)}; weighted mean; batch size {self.settings.batch_size}; "
-                f"{self.settings.mc_scorer} scorer{extra}{objective}{pruning}")
+                f"{self.settings.mc_scorer} scorer{extra}{objective}{pruning}{subsets}")

@@ -23,6 +23,8 @@ class Score:
     # The parts ``value`` weighs together when there are several (JGLUE: each task's metric), so the summary can
     # show what a merge gains on one skill and costs on another; empty for a single part.
     parts: dict[str, float] = field(default_factory=dict)
+    # More of the trial's user attrs (JSON values), e.g. what --item_subset fits on and what it estimated
+    trial_attrs: dict[str, Any] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):

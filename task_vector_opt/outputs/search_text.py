@@ -27,6 +27,13 @@ def search_sentence(inputs: dict[str, Any]) -> str:
                      "tasks and on their own metric for the others; held-out: each task's own metric")
     elif objective == "task":
         parts.append("searched on each task's own metric")
+    evaluator = inputs.get("evaluator") or {}
+    if isinstance(evaluator, dict) and evaluator.get("item_subset"):
+        parts.append(f"after {evaluator.get('item_subset_after')} trials scored in full, each trial scored "
+                     f"{evaluator['item_subset']:g} of the search documents (anchor points) and was given their "
+                     "estimate of the full score"
+                     + ("; a new best estimate was confirmed on every document"
+                        if evaluator.get("item_subset_confirm", True) else ""))
     return "; ".join(parts)
 
 
@@ -35,4 +42,8 @@ def search_flags(inputs: dict[str, Any]) -> list[str]:
     flags = [f"--scale_search {'on' if inputs.get('scale_search') == 'on' else 'off'}"]
     if (objective := objective_of(inputs)) is not None:
         flags.append(f"--search_objective {objective}")
+    evaluator = inputs.get("evaluator") or {}
+    if isinstance(evaluator, dict) and evaluator.get("item_subset"):
+        flags += [f"--item_subset {evaluator['item_subset']:g}",
+                  f"--item_subset_after {evaluator.get('item_subset_after')}"]
     return flags
