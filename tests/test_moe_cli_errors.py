@@ -132,7 +132,9 @@ def test_existing_mergekit_config_is_accepted_and_planned(models, tmp_path, caps
     plan = __import__("json").loads(out)
     assert plan["gate_mode"] == "cheap_embed" and plan["experts_per_token"] == 1 and plan["experts"] == 2
     assert plan["dtype"] == "float16"  # the config's dtype when --dtype is not given
-    assert plan["weights_per_expert"] == {"expert1": 5, "expert2": 2}  # layer mode, 2 layers
+    # the default: a scale per expert, then a profile (2 knots for 2 layers); expert 1, the MoE base, also has
+    # embed_tokens, norm and lm_head
+    assert plan["weights_per_expert"] == {"expert1": 6, "expert2": 3}
 
 
 def plan_of(argv, capsys):
@@ -201,9 +203,14 @@ def test_the_config_files_dtype_goes_into_the_run_config_and_the_parsed_flags_st
     assert validate(MT_BENCH_MOE_2, plain).dtype == "bfloat16"  # neither: the --dtype flag's own default
 
 
-def test_profile_mode_is_refused_for_the_moe_scripts(models, tmp_path, capsys):
-    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--optimize_mode", "profile"]
-    fails_with(argv, capsys, "--optimize_mode", "profile is not available for the MoE")
+def test_profile_mode_gives_each_expert_its_own_knots(models, tmp_path, capsys):
+    argv = args(models, tmp_path, models["target"], models["target2"]) + ["--optimize_mode", "profile",
+                                                                         "--profile_knots", "2"]
+    plan = plan_of(argv, capsys)  # a named mode: no scale stage unless --scale_search on
+    assert plan["optimize_mode"] == "profile" and plan["scale_search"] == "off"
+    assert plan["weights_per_expert"] == {"expert1": 5, "expert2": 2}  # knots (+ embed_tokens, norm, lm_head)
+    plan = plan_of(argv + ["--scale_search", "on"], capsys)
+    assert plan["weights_per_expert"] == {"expert1": 6, "expert2": 3}  # + each expert's scale
 
 
 def test_pruner_without_prune_is_refused_for_mt_bench_too(models, tmp_path, capsys):

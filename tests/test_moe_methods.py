@@ -124,13 +124,16 @@ def test_two_tuned_models_under_dare_ties_end_to_end_save_each_experts_dense_mer
     assert done.returncode == 0, done.stderr[-4000:]
     trials = finished_trials(tmp_path / "run")
     assert len(trials) == 2 and all(1.0 <= t.value <= 10.0 for t in trials)
-    assert {"expert1/v1/lm_head", "expert2/v2/layer_01", "density/v1", "density/v2"} <= set(trials[0].params)
+    # the default search: a scale per expert and vector first, then knots per expert and vector (factors of it)
+    assert {"scale/expert1/v1", "scale/expert2/v2", "expert1/v1/lm_head", "expert2/v2/knot_1", "density/v1",
+            "density/v2"} <= set(trials[0].params)
     best = max(trials, key=lambda t: t.value)
+    weights = best.user_attrs["weights"]  # the merger's weights the best trial's scales and knots give
     recipe = json.loads((tmp_path / "moe-2" / "merge_recipe.json").read_text())
-    assert recipe["weights"]["v2/layer_01"] == best.params["expert2/v2/layer_01"]
-    assert recipe["weights"]["density/v1"] == best.params["density/v1"]
+    assert recipe["weights"]["v2/layer_01"] == weights["expert2/v2/layer_01"]
+    assert recipe["weights"]["density/v1"] == best.params["density/v1"] == weights["density/v1"]
     # the saved expert 2 is the dense merge of target 2 with the best trial's weights and densities
-    dense = dense_expert(e2e, 1, best.params, MergeSettings("dare_ties", dare_seed=3))
+    dense = dense_expert(e2e, 1, weights, MergeSettings("dare_ties", dare_seed=3))
     saved = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "moe-2", dtype=torch.float32).named_parameters())
     mlp = [n for n in saved if ".mlp." in n]
     assert mlp and all(torch.equal(saved[n].data, dense[n].data) for n in mlp)

@@ -58,8 +58,12 @@ def test_two_experts_through_the_launcher_with_its_example_config(setup, tmp_pat
     assert done.returncode == 0, done.stderr[-4000:]
     trials = finished_trials(tmp_path / "run")
     assert len(trials) == 2 and all(1.0 <= t.value <= 10.0 for t in trials)
-    assert set(trials[0].params) == {"expert1/layer_00", "expert1/layer_01", "expert1/embed_tokens",
-                                     "expert1/norm", "expert1/lm_head", "expert2/layer_00", "expert2/layer_01"}
+    # the default search: each expert's scale first, then its knots (2 for 2 layers) as factors of it
+    assert set(trials[0].params) == {"scale/expert1", "scale/expert2", "expert1/knot_0", "expert1/knot_1",
+                                     "expert1/embed_tokens", "expert1/norm", "expert1/lm_head", "expert2/knot_0",
+                                     "expert2/knot_1"}
+    assert [t.user_attrs["stage"] for t in trials] == ["scale", "scale"]
+    assert set(trials[1].user_attrs["weights"].values()) == {0.0}  # the w=0 baseline, every expert
     for expert in (1, 2):
         out = tmp_path / f"moe-{expert}"
         recipe = json.loads((out / "merge_recipe.json").read_text())

@@ -86,7 +86,8 @@ def test_two_rouge_l_trials_through_the_launcher_save_the_scored_vlm(models, tmp
     assert "tensor(s) left exactly as the target's" in done.stderr and "vision_tower" in done.stderr
     study = study_of(tmp_path)
     trials = study.get_trials(states=FINISHED)
-    assert [set(t.params.values()) for t in trials] == [{1.0}, {0.0}]  # the baselines w=1 and w=0
+    # the baselines w=1 and w=0 (the scale stage's first trials: its scale, every factor 1)
+    assert [set(t.user_attrs["weights"].values()) for t in trials] == [{1.0}, {0.0}]
     rouge = JapaneseRougeL()
     for trial in trials:  # each trial's value is the mean ROUGE-L of its recorded answers
         rows = [json.loads(line) for line in

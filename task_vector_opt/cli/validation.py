@@ -262,8 +262,9 @@ def resolve_scale_search(requested: str, optimize_mode: str) -> bool:
         raise UsageError("--scale_search", f"unknown value {requested!r}; choose auto, on or off")
     if requested == "auto":
         on = optimize_mode == AUTO_MODE
-        log.info("--scale_search auto: %s", "on (the scale of each vector first, then the shape)" if on else
-                 f"off (--optimize_mode {optimize_mode} was named; --scale_search on adds the scale stage)")
+        # debug: a bad input found later must still be the run's only line on stderr
+        log.debug("--scale_search auto: %s", "on (the scale of each vector first, then the shape)" if on else
+                  f"off (--optimize_mode {optimize_mode} was named; --scale_search on adds the scale stage)")
         return on
     return requested == "on"
 
