@@ -13,8 +13,8 @@ rem OPTIMIZE_MODE: auto (profile per vector and expert), profile, layer, all or 
 set OPTIMIZE_MODE=auto
 rem SCALE_SEARCH: auto (on with OPTIMIZE_MODE auto), on or off: each vector's scale first
 set SCALE_SEARCH=auto
-rem SEARCH_OBJECTIVE: auto (choice_prob for multiple-choice tasks), choice_prob or task
-set SEARCH_OBJECTIVE=auto
+rem SEARCH_OBJECTIVE: task (each task's own metric), choice_prob or auto
+set SEARCH_OBJECTIVE=task
 set N_TRIALS=30
 set CACHE_DIR=.\models
 rem OPTUNA_SAMPLER: CMA-ES, TPE (the original default), random, GP or TPE-multivariate

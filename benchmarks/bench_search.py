@@ -99,10 +99,11 @@ class Strategy:
                    variant != "estimate_only")
 
 
-NEW_DEFAULT = "CMA-ES/scale-profile4~choice_prob"  # the tool's defaults: --scale_search, --search_objective
+NEW_DEFAULT = "CMA-ES/scale-profile4"  # the tool's defaults: --scale_search on, --search_objective task
+SMOOTH = "CMA-ES/scale-profile4~choice_prob"  # the same with --search_objective choice_prob
 ALL_STRATEGIES = ["random/layer", "TPE/layer", "TPE-multivariate/layer", "CMA-ES/layer", "GP/layer",
                   "random/profile4", "TPE/profile4", "CMA-ES/profile4", "GP/profile4", "TPE/profile4+median",
-                  "CMA-ES/profile4+successive_halving", "CMA-ES/scale-profile4", NEW_DEFAULT]
+                  "CMA-ES/profile4+successive_halving", NEW_DEFAULT, SMOOTH]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -183,11 +183,11 @@ JGLUE_FLAGS = [
     Flag("--jglue_data_dir", "Local copy of the official JGLUE repository (datasets/jcommonsenseqa-v1.3/...) to run the "
          "JGLUE tasks without hub access."),
     Flag("--task_search_path", "Directory of your own lm-eval task YAMLs; their names can go into --jglue_tasks."),
-    Flag("--search_objective", "What the search maximizes: 'choice_prob' (on multiple-choice tasks, the mean "
-         "probability of the right choice, from the same log-likelihoods the task's accuracy reads: it moves "
-         "where accuracy is flat), 'task' (each task's own metric, as the original did) or 'auto' (default: "
-         "choice_prob for every multiple-choice task, the own metric for the others, e.g. JSQuAD). The held-out "
-         "verdict always uses each task's own metric. Why: docs/en/search.md.", "auto",
+    Flag("--search_objective", "What the search maximizes: 'task' (default: each task's own metric, as the "
+         "original did), 'choice_prob' (on multiple-choice tasks, the mean probability of the right choice, from "
+         "the same log-likelihoods the task's accuracy reads: it moves where accuracy is flat) or 'auto' "
+         "(choice_prob for every multiple-choice task, the own metric for the others, e.g. JSQuAD). The held-out "
+         "verdict always uses each task's own metric. Why task is the default: docs/en/search.md.", "task",
          choices=("auto", "choice_prob", "task")),
     Flag("--batch_size", "lm-eval batch size (an integer or 'auto').", "16"),
     Flag("--mc_scorer", "Scorer of the log-likelihood (multiple-choice) requests: 'context_once' runs each distinct "
