@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from task_vector_opt.search.study import BASELINES, FINISHED
-from task_vector_opt.search.space import SearchSpace, local_name, owned, owner_of, search_space
-
 from optuna.trial import TrialState
+
+from task_vector_opt.search.space import SearchSpace, local_name, owned, owner_of, search_space
+from task_vector_opt.search.study import BASELINES, FINISHED
 
 if TYPE_CHECKING:
     import optuna
@@ -38,14 +38,13 @@ FACTOR_RANGE = (0.0, 2.0)  # shape factors: the sampler's middle (CMA-ES's start
 STAGE_ATTR = "stage"  # trial user attr: "scale" for the scale stage's trials (baselines included)
 SCALE_STAGE = "scale"
 REFINEMENT_ATTR = "scale_stage_refinement"  # study user attr: the refinement's points, once the design has finished
-# The design's uniform weights, as fractions of the range above max(--weight_min, 0) (one vector): 0.25, 0.5, 0.1 and 2.0 for the
-# default range, beside the baselines' 1 and 0. Near 0 and at the top end, so a vector far too strong
-# (best near 0.1) or too weak (best near 2) is found as surely as one close to plain addition.
+# The design's uniform weights, as fractions of the range above max(--weight_min, 0) (one vector): 0.25, 0.5,
+# 0.1 and 2.0 for the default range, beside the baselines' 1 and 0. Near 0 and at the top end, so a vector far
+# too strong (best near 0.1) or too weak (best near 2) is found as surely as one close to plain addition.
 ONE_VECTOR_FRACTIONS = (0.125, 0.25, 0.05, 1.0)
 # Two vectors: both together at these fractions (the top end included), and each one alone (the other dropped)
-# at 1 and 0.5. With more
-# scales than two (the experts of a MoE) the one-vector design is used for all of them together; the refinement
-# then moves each scale on its own.
+# at 1 and 0.5. With more scales than two (the experts of a MoE) the one-vector design moves all of them
+# together; the refinement then moves each scale on its own.
 SEVERAL_VECTORS_FRACTIONS = (0.125, 0.25, 1.0)
 NEGATIVE_FRACTIONS = (0.25, 1.0)  # of --weight_min, when the range goes below 0
 
