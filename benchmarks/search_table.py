@@ -22,8 +22,11 @@ def load(paths: list[str]) -> list[dict]:
     return rows
 
 
-def beats(rows: list[dict], key: str) -> int:
-    return sum(1 for r in rows if r.get(key) and r[key]["low"] > 0)
+def beats(rows: list[dict], key: str) -> str:
+    """"3/5": runs whose best beat the reference beyond the paired 95% interval; "n/a" where rows lack it."""
+    if not any(key in r for r in rows):
+        return "n/a"
+    return f"{sum(1 for r in rows if r.get(key) and r[key]['low'] > 0)}/{len(rows)}"
 
 
 def markdown(rows: list[dict], reference: float | None = None) -> str:
@@ -44,7 +47,7 @@ def markdown(rows: list[dict], reference: float | None = None) -> str:
                 cells.append(f"{statistics.fmean(values) / reference:.3f} (min {min(values) / reference:.3f})")
             cells += [f"{statistics.fmean(r['holdout_details'].get(t, float('nan')) for r in group):.3f}"
                       for t in tasks]
-            cells += [f"{beats(group, 'vs_w1')}/{len(group)}", f"{beats(group, 'vs_w0')}/{len(group)}",
+            cells += [beats(group, "vs_w1"), beats(group, "vs_w0"),
                       f"{statistics.fmean(r['items_scored'] for r in group):.0f}",
                       f"{statistics.fmean(r['trials'] for r in group):.1f}",
                       f"{statistics.fmean(r['wall_s'] for r in group):.0f}"]
