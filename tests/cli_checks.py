@@ -32,3 +32,11 @@ def jglue_in_process(argv) -> None:
     from task_vector_opt.cli.pipelines import JGLUE, run_pipeline
 
     run_pipeline(JGLUE, argv)
+
+
+def refuse_every_model_load(monkeypatch) -> None:
+    """No model loads in this process, dense or MoE (the real runs of such tests load theirs in a subprocess)."""
+    from task_vector_opt import engine
+    from task_vector_opt.merging.moe import workspace as moe_workspace
+
+    refuse_model_loads(monkeypatch, engine, moe_workspace)

@@ -9,13 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from task_vector_opt import engine
 from task_vector_opt.cli.flags import parse_namespace
 from task_vector_opt.cli.pipelines import JGLUE
 from task_vector_opt.cli.validation import validate
-from task_vector_opt.merging.moe import workspace as moe_workspace
-from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
-from tiny_models import make_model, make_trio, save
+from cli_checks import expect_usage_error, jglue_in_process, refuse_every_model_load
+from tiny_models import make_trio_and_second_target
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
@@ -23,13 +21,12 @@ DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("named_study_models")
-    return {**make_trio(root, "llama"), "target2": save(make_model("llama", seed=3), None, root / "target2")}
+    return make_trio_and_second_target(tmp_path_factory.mktemp("named_study_models"))
 
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):  # the real runs below load their models in a subprocess
-    refuse_model_loads(monkeypatch, engine, moe_workspace)
+    refuse_every_model_load(monkeypatch)
 
 
 def argv_of(models, cwd: Path, *extra: str) -> list[str]:

@@ -14,15 +14,13 @@ import optuna
 import pytest
 import yaml
 
-from task_vector_opt.merging.moe import workspace as moe_workspace
-from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.cli.flags import parse_namespace
 from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH_MOE_2, run_pipeline
 from task_vector_opt.cli.validation import validate
-from cli_checks import jglue_in_process, refuse_model_loads
+from cli_checks import jglue_in_process, refuse_every_model_load
 from mini_bench import write_mini_bench
-from tiny_models import make_model, make_trio, save
+from tiny_models import make_trio_and_second_target
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
@@ -32,13 +30,12 @@ DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("identity_models")
-    return {**make_trio(root, "llama"), "target2": save(make_model("llama", seed=3), None, root / "target2")}
+    return make_trio_and_second_target(tmp_path_factory.mktemp("identity_models"))
 
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):  # the real runs below load their models in a subprocess
-    refuse_model_loads(monkeypatch, engine, moe_workspace)
+    refuse_every_model_load(monkeypatch)
 
 
 def filled(argv: list[str], tmp_path: Path) -> list[str]:

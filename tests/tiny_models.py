@@ -91,3 +91,8 @@ def make_moe_models(root: Path, arch: str, vocab_size: int, seed: int = 10) -> d
     trio = make_trio(root, arch, tokenizer=tokenizer, vocab_size=vocab_size)
     more = [save(make_model(arch, vocab_size, seed=seed + i), tokenizer, root / f"target{i + 2}") for i in range(3)]
     return {**trio, "targets": [trio["target"], *more]}
+
+
+def make_trio_and_second_target(root: Path) -> dict[str, Path]:
+    """make_trio's Llama base / tuned / target, and a second target of the same shape ("target2")."""
+    return {**make_trio(root, "llama"), "target2": save(make_model("llama", seed=3), None, root / "target2")}
