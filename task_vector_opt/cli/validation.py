@@ -249,7 +249,8 @@ def resolve_optimize_mode(requested: str) -> str:
     if requested != AUTO_MODE:
         return requested
     log.info("--optimize_mode auto: profile (knots along depth for each vector, and each expert in the MoE "
-             "scripts)")
+             "scripts), searched as factors of each vector's scale found first; it measured best on every testbed "
+             "kind, one vector or several (docs/en/benchmarks.md, search benchmark)")
     return "profile"
 
 
