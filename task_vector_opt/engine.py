@@ -32,8 +32,8 @@ from task_vector_opt.merging.workspace import Workspace
 from task_vector_opt.errors import UsageError
 from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 from task_vector_opt.search.samplers import make_sampler
-from task_vector_opt.search.scale_first import (FACTOR_RANGE, ScaledSpace, ScaleStage, planned_space,
-                                                scale_first_sampler, shape_distributions)
+from task_vector_opt.search.scale_first import (FACTOR_RANGE, ScaledSpace, ScaleStage, is_scale_name,
+                                                planned_space, scale_first_sampler, shape_distributions)
 from task_vector_opt.search.space import SearchSpace, search_space
 from task_vector_opt.search.verdict import holdout_verdict
 
@@ -324,11 +324,12 @@ def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer,
 
 def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, Any]:
     """merge_recipe.json: enough to understand and reproduce the merge."""
+    inputs = config.recipe_inputs()
     return {
         "tool": f"task_vector_opt {__version__}",
         "formula": formula(config),
-        "inputs": config.recipe_inputs(),
-        **({"search": how} if (how := search_sentence(config.recipe_inputs())) else {}),
+        "inputs": inputs,
+        **({"search": how} if (how := search_sentence(inputs)) else {}),
         "study": {"name": config.study_name, "storage": redact(config.storage), "n_trials": config.n_trials},
         "best": {"trial": result.best_trial, "score": result.best_value},
         "baselines_search_score": result.search_baselines,
@@ -346,7 +347,7 @@ def search_parameters(config: RunConfig, result: RunResult) -> dict[str, Any]:
     """What the sampler proposed for the best trial, where it is not the weights themselves: the scales and the
     shape's factors of --scale_search, or the knot weights of profile mode."""
     if config.scale_first:
-        scales = {k: v for k, v in result.best_params.items() if k == "scale" or k.startswith("scale/")}
+        scales = {k: v for k, v in result.best_params.items() if is_scale_name(k)}
         factors = {k: v for k, v in result.best_params.items() if k not in scales and not k.startswith("density/")}
         return {"scale_search": {"scales": scales, "factors": factors,
                                  "rule": "weight = clip(scale of its vector * factor, weight_min, weight_max)"}}

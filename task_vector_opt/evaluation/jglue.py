@@ -112,7 +112,7 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     fewshot = per_task_ints("--jglue_num_fewshot", args.jglue_num_fewshot, names, minimum=0, allow_default=True)
     holdout = per_task_ints("--jglue_holdout_limit", args.jglue_holdout_limit, names, minimum=0)
     batch_size = parse_batch_size(args.batch_size)
-    mc_scorer = parse_scorer(getattr(args, "mc_scorer", DEFAULT_SCORER))
+    mc_scorer = parse_scorer(args.mc_scorer)
     pruner = pruner_from_args(args)
     chunks = args.jglue_chunks
     if chunks < 1:
@@ -120,8 +120,8 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
     if args.search_objective not in OBJECTIVES:
         raise UsageError("--search_objective", f"unknown objective {args.search_objective!r}; choose "
                                                f"{' or '.join(OBJECTIVES)}")
-    subset = float(getattr(args, "item_subset", 0.0))
-    subset_after = int(getattr(args, "item_subset_after", DEFAULT_SUBSET_AFTER))
+    subset = float(args.item_subset)
+    subset_after = int(args.item_subset_after)
     if not 0 <= subset < 1:
         raise UsageError("--item_subset", f"must be a fraction of the search documents, at least 0 and below 1 "
                                           f"(got {subset:g}); e.g. 0.33, or 0 to score every document")
@@ -245,6 +245,7 @@ class JGLUEEvaluator:
         self.pruner = make_pruner(settings.pruner)  # the engine gives it to the study; None: no pruning
         self.work_dir = Path(work_dir)
         self._batch_sizes: dict[int, int] = {}  # batch sizes HFLM detected ("auto"), kept across trials
+        self._subsets: dict[str, ItemSubset] = {}  # --item_subset: each study's subset, read from it once
         pairs = zip(settings.tasks, settings.lm_eval_tasks, strict=True)
         resolved = [ResolvedTask(name, task, family_of_task(task)) for name, task in pairs]
         local_yamls: dict[str, Path] = {}
@@ -365,7 +366,7 @@ class JGLUEEvaluator:
         if objective != TASK_METRIC:
             per_doc = {int(s["doc_id"]): choice_probability(run.task, run.metric, s["doc"], s["filtered_resps"])
                        for s in chosen_samples}
-            return sum(per_doc.values()) / len(per_doc), per_doc
+            return self._aggregate(run, per_doc, objective), per_doc
         per_doc = {int(s["doc_id"]): s[run.metric] for s in chosen_samples}
         return result_value(results, run.lm_name, run.result_key), per_doc
 
@@ -490,9 +491,12 @@ class JGLUEEvaluator:
         import optuna
 
         study = trial.study
+        if study.study_name in self._subsets:
+            return self._subsets[study.study_name]
         stored = study.user_attrs.get(SUBSET_ATTR)
         if stored:
-            return ItemSubset.from_json(stored)
+            self._subsets[study.study_name] = ItemSubset.from_json(stored)
+            return self._subsets[study.study_name]
         scored = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                   if SEARCH_VALUES_ATTR in t.user_attrs]
         if len(scored) < self.settings.item_subset_after:
@@ -503,6 +507,7 @@ class JGLUEEvaluator:
         subset = choose_subset(values, {run.name: run.search_docs for run in self.runs}, self.settings.item_subset,
                                [t.number for t in fitted])
         study.set_user_attr(SUBSET_ATTR, subset.to_json())
+        self._subsets[study.study_name] = subset
         log.info("item subset: %d of %d search documents, chosen from trials %s; later trials score only these",
                  subset.size, sum(len(run.search_docs) for run in self.runs), subset.fitted_on)
         return subset

@@ -54,6 +54,10 @@ def scale_name(owner: str) -> str:
     return f"scale/{owner}" if owner else "scale"
 
 
+def is_scale_name(name: str) -> bool:
+    return name == "scale" or name.startswith("scale/")
+
+
 @dataclass(frozen=True)
 class ScaledSpace:
     """A shape space (its parameters read as factors) times one scale per owner: per vector, per MoE expert."""
