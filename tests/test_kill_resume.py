@@ -89,25 +89,26 @@ def test_kill_during_loading(trio, tmp_path):
 
 def test_kill_mid_trial(trio, tmp_path):
     cmd = command(trio, tmp_path)
-    state = {}
 
     def mid_trial(log):
         if "loaded in" not in log:
             return False
         study = study_of(tmp_path)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []
-        if study and len(study.get_trials(deepcopy=False, states=FINISHED)) >= 2 and running and \
-                running[0].user_attrs.get("worker"):
-            state["running"] = running[0].number
-            return True
-        return False
+        trials = study.get_trials(deepcopy=False) if study else []  # one snapshot, so the counts agree
+        finished = [t for t in trials if t.state in FINISHED]
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
+        return len(finished) >= 2 and bool(running)
 
     kill_when(cmd, tmp_path, mid_trial)
-    before = study_of(tmp_path).get_trials(states=FINISHED)
+    killed_study = study_of(tmp_path)
+    before = killed_study.get_trials(states=FINISHED)
+    # The trial the kill interrupted, read after the kill: the one the storage still holds as running.
+    running = killed_study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1, [(t.number, t.state) for t in killed_study.get_trials()]
     assert 2 <= len(before) < N_TRIALS and not (tmp_path / "out").exists()
     study = rerun_and_check(cmd, tmp_path, before)
     trials = study.get_trials(deepcopy=False)
-    killed = trials[state["running"]]
+    killed = trials[running[0].number]
     assert killed.state == TrialState.FAIL and "died mid-trial" in killed.user_attrs["fail_reason"]
     retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
