@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from task_vector_opt import engine
-from task_vector_opt.search.scale_first import FACTOR_RANGE, ScaledSpace, design, refinement
+from task_vector_opt.search.scale_first import FACTOR_RANGE, ScaledSpace, design, is_scale_name, refinement
 from task_vector_opt.search.space import search_space
 from task_vector_opt.search.study import FINISHED
 from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
@@ -132,28 +132,58 @@ def test_the_default_search_tries_uniform_scales_first_then_the_shape_around_the
     assert "--scale_search on" in card and "--search_objective task" in card
 
 
-def test_a_study_stopped_in_the_scale_stage_resumes_in_that_stage(trio, tmp_path):
-    smooth = ["--search_objective", "choice_prob"]
+def vectors_argv(trio, vectors: int) -> list[str]:
+    """--tuned_model for one vector, or two (the target's own difference from the base as the second)."""
+    return ["--tuned_model", str(trio["tuned"]) if vectors == 1 else f"{trio['tuned']},{trio['target']}"]
+
+
+def first_points(vectors: int) -> list[tuple[float, ...]]:
+    """The baselines (every scale 1, then 0) and the design, in the order the stage scores them."""
+    ones, zeros = (1.0,) * vectors, (0.0,) * vectors
+    return [ones, zeros, *design(vectors, 0.0, 2.0)]
+
+
+def scales_of(trial) -> tuple[float, ...]:
+    return tuple(trial.params[name] for name in sorted(trial.params) if is_scale_name(name))
+
+
+@pytest.mark.parametrize("vectors", [1, 2], ids=["one_vector", "two_vectors"])
+def test_a_study_stopped_in_the_scale_stage_resumes_in_that_stage(trio, tmp_path, vectors):
+    smooth = ["--search_objective", "choice_prob", *vectors_argv(trio, vectors)]
+    first = first_points(vectors)
+    assert len(first) == (6 if vectors == 1 else 9)
     jglue_in_process(argv(trio, tmp_path, 4, *smooth))  # stopped in the middle of the design
-    jglue_in_process(argv(trio, tmp_path, 6, *smooth, "--output_dir", str(tmp_path / "out2")))  # the design's end
     study = load_study(tmp_path)
+    assert [scales_of(t) for t in study.get_trials(states=FINISHED)] == first[:4]
     assert not study.get_trials(states=(TrialState.WAITING,))  # nothing queued beyond the run's --n_trials
+    assert "scale_stage_refinement" not in study.user_attrs
+    jglue_in_process(argv(trio, tmp_path, len(first), *smooth, "--output_dir", str(tmp_path / "out2")))
+    study = load_study(tmp_path)
+    assert not study.get_trials(states=(TrialState.WAITING,))
     refinement_points = study.user_attrs["scale_stage_refinement"]  # decided when the design finished
-    assert len(refinement_points) == 2
-    jglue_in_process(argv(trio, tmp_path, 10, *smooth, "--output_dir", str(tmp_path / "out3")))
+    assert 1 <= len(refinement_points) <= (2 if vectors == 1 else 4)
+    n_trials = len(first) + len(refinement_points) + 2
+    jglue_in_process(argv(trio, tmp_path, n_trials, *smooth, "--output_dir", str(tmp_path / "out3")))
     trials = load_study(tmp_path).get_trials(states=FINISHED)
-    assert [[t.params["scale"]] for t in trials[6:8]] == refinement_points  # the rerun went on with them
-    assert [uniform_value(t.user_attrs["weights"]) for t in trials[:6]] == [1.0, 0.0, 0.25, 0.5, 0.1, 2.0]
-    assert [t.user_attrs.get("stage") for t in trials] == ["scale"] * 8 + [None] * 2
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 10  # nothing proposed twice
+    assert [scales_of(t) for t in trials[:len(first)]] == first
+    scale_end = len(first) + len(refinement_points)
+    assert [list(scales_of(t)) for t in trials[len(first):scale_end]] == refinement_points  # went on with them
+    assert [t.user_attrs.get("stage") for t in trials] == ["scale"] * scale_end + [None] * 2
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == n_trials  # nothing proposed twice
     recipe = json.loads((tmp_path / "out3" / "merge_recipe.json").read_text())
     assert "choice_prob" in recipe["search"] and "choice_prob" in (tmp_path / "out3" / "README.md").read_text()
+    tuned = recipe["inputs"]["tuned_model"]  # one path, or a list of them
+    assert (tuned == str(trio["tuned"])) if vectors == 1 else (tuned == [str(trio["tuned"]), str(trio["target"])])
 
 
-def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path):
+@pytest.mark.parametrize("vectors", [1, 2], ids=["one_vector", "two_vectors"])
+def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path, vectors):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    shared = ["--storage", storage, "--study_name", "shared"]
-    worker = [sys.executable, str(ROOT / "merge_task_vector_jglue.py"), *argv(trio, tmp_path, 12, *shared, "--search_only")]
+    shared = ["--storage", storage, "--study_name", "shared", *vectors_argv(trio, vectors)]
+    first = first_points(vectors)
+    n_trials = len(first) + 6
+    worker = [sys.executable, str(ROOT / "merge_task_vector_jglue.py"),
+              *argv(trio, tmp_path, n_trials, *shared, "--search_only")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     workers = [subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=ROOT) for _ in range(2)]
@@ -162,14 +192,14 @@ def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path):
         assert process.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="shared", storage=storage)
     trials = study.get_trials(states=FINISHED)
-    assert len(trials) >= 12
-    scale = [t for t in trials if t.user_attrs.get("stage") == "scale"]
-    values = [uniform_value(t.user_attrs["weights"]) for t in scale]
-    assert {1.0, 0.0, 0.25, 0.5, 0.1, 2.0} <= set(values)  # the whole design, enqueued once
-    refined = study.user_attrs["scale_stage_refinement"]
-    assert len(values) == len(set(values)) == 6 + len(refined)  # the design and its refinement, each scored once
+    assert len(trials) >= n_trials
+    scale = [scales_of(t) for t in trials if t.user_attrs.get("stage") == "scale"]
+    assert set(first) <= set(scale)  # the whole design, 0 for each vector included
+    refined = [tuple(p) for p in study.user_attrs["scale_stage_refinement"]]
+    assert len(scale) == len(set(scale)) == len(first) + len(refined)  # design and refinement, each scored once
+    assert set(scale) == set(first) | set(refined)
     shape = [t for t in trials if "stage" not in t.user_attrs]
-    assert shape and all(t.params["scale"] == values[0] or t.params["scale"] in values for t in shape)
+    assert shape and all(scales_of(t) in set(scale) for t in shape)  # the shape around a scored scale point
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
 
 
