@@ -32,6 +32,7 @@ def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_ro
         ("random/layer", 1.5), ("random/layer", 3), ("TPE/profile2+median", 1.5), ("TPE/profile2+median", 3),
         ("CMA-ES/scale-profile2~choice_prob", 1.5), ("CMA-ES/scale-profile2~choice_prob", 3)]
     for row in rows:
+        assert row["testbed"] == "interference"  # the kind, so that rows of several kinds can share a file
         # stops at the first trial that reaches the budget: the trial before it had not
         assert row["budget"] <= row["trial_equivalents"] < row["budget"] + 1
         assert row["items_scored"] == round(row["trial_equivalents"] * 8)  # 4 search documents of each task
