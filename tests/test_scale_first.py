@@ -299,3 +299,15 @@ def test_choice_prob_on_a_generation_task_is_one_line_exit_2_before_loading(trio
     run[run.index("--task_search_path") + 1] = str(tasks)
     expect_usage_error(jglue_in_process, [*run, "--search_objective", "choice_prob"], capsys, "--search_objective",
                        "demo_gen", "generate_until", "--search_objective task")
+
+
+def test_optimize_mode_auto_says_which_path_and_why(caplog):
+    from task_vector_opt.cli.validation import resolve_optimize_mode
+
+    with caplog.at_level("INFO", logger="task_vector_opt"):
+        assert resolve_optimize_mode("auto") == "profile"
+    (line,) = [r.getMessage() for r in caplog.records if "--optimize_mode auto" in r.getMessage()]
+    assert "profile" in line and "scale found first" in line  # which path
+    assert "measured best" in line and "benchmarks.md" in line and "MoE" in line  # why, and where it was not measured
+    caplog.clear()
+    assert resolve_optimize_mode("layer") == "layer" and not caplog.records  # a named mode is taken as it is

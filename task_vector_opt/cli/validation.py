@@ -249,8 +249,9 @@ def resolve_optimize_mode(requested: str) -> str:
     if requested != AUTO_MODE:
         return requested
     log.info("--optimize_mode auto: profile (knots along depth for each vector, and each expert in the MoE "
-             "scripts), searched as factors of each vector's scale found first; it measured best on every testbed "
-             "kind, one vector or several (docs/en/benchmarks.md, search benchmark)")
+             "scripts), searched as factors of each vector's scale found first; it measured best on every dense testbed "
+             "kind, one vector or two (docs/en/benchmarks.md, search benchmark); the MoE scripts use the same path "
+             "per expert, not benchmarked (their score needs an LLM judge)")
     return "profile"
 
 
