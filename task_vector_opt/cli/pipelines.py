@@ -174,7 +174,7 @@ def _moe_plan(config, evaluator_line: str) -> str:
 def _moe_summary(config, result) -> str:
     from task_vector_opt.merging.moe.save import summary_lines
 
-    return summary_lines(config, result)
+    return summary_lines(config)
 
 
 def moe_mt_bench(n_experts: int) -> Pipeline:

@@ -127,7 +127,7 @@ def save_outputs(config, base_recipe: dict[str, Any], moe: InMemoryMoE, expert_d
     return paths[0]
 
 
-def summary_lines(config, result) -> str:
+def summary_lines(config) -> str:
     settings: MoESettings = config.extra["moe"]
     lines = ["experts saved to : " + ", ".join(str(expert_output_dir(config.output_dir, i))
                                                  for i in range(settings.n_experts))]
