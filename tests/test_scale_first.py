@@ -176,6 +176,12 @@ def test_a_study_stopped_in_the_scale_stage_resumes_in_that_stage(trio, tmp_path
     assert (tuned == str(trio["tuned"])) if vectors == 1 else (tuned == [str(trio["tuned"]), str(trio["target"])])
 
 
+# Trials long enough that the search outlasts the gap between the two workers' start-ups (a few seconds on a
+# loaded machine): with 6 documents a trial takes a quarter of a second, and one worker could finish the whole
+# search before the other has loaded.
+SLOW_ENOUGH_TO_OVERLAP = ["--jglue_limit", "200", "--batch_size", "4"]
+
+
 @pytest.mark.parametrize("vectors", [1, 2], ids=["one_vector", "two_vectors"])
 def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path, vectors):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -183,7 +189,7 @@ def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path, ve
     first = first_points(vectors)
     n_trials = len(first) + 6
     worker = [sys.executable, str(ROOT / "merge_task_vector_jglue.py"),
-              *argv(trio, tmp_path, n_trials, *shared, "--search_only")]
+              *argv(trio, tmp_path, n_trials, *shared, "--search_only", *SLOW_ENOUGH_TO_OVERLAP)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     workers = [subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=ROOT) for _ in range(2)]

@@ -15,7 +15,7 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from pg_server import postgres_server
-from task_vector_opt.search.study import FINISHED
+from task_vector_opt.search.study import FINISHED, open_storage
 from tiny_models import make_trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +177,44 @@ def test_workers_that_create_a_new_sqlite_database_at_the_same_moment_all_open_i
             _, err = process.communicate(timeout=120)
             assert process.returncode == 0, err[-2000:]
         assert optuna.get_all_study_names(url) == []  # one complete, empty database
+
+
+POP_AT = """
+import json, sys, time
+import optuna
+from task_vector_opt.search.study import open_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="queue", storage=open_storage(sys.argv[1]))
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts popping at the same moment
+popped = []
+while True:
+    trial = study.ask()  # takes a waiting (enqueued) trial while there is one: numbers 0 to 119
+    if trial.number >= 120:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # the queue is empty: a fresh trial, not ours
+        break
+    popped.append(trial.number)
+    study.tell(trial, float(trial.number))
+print(json.dumps(popped))
+"""
+
+
+def test_workers_on_one_sqlite_database_take_each_enqueued_trial_once(tmp_path):
+    # SQLite ignores SELECT ... FOR UPDATE, with which Optuna takes a waiting trial; without a transaction that
+    # holds the write lock from its first read, two workers can both take the same enqueued trial (the scale
+    # stage's points), score it twice, and the second one's tell fails ("Cannot tell a COMPLETE trial").
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = optuna.create_study(study_name="queue", storage=open_storage(url))
+    for i in range(120):
+        study.enqueue_trial({"w": i / 100})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.time() + 8  # after every interpreter has imported optuna
+    processes = [subprocess.Popen([sys.executable, "-c", POP_AT, url, str(start)], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    popped = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+        popped.append(json.loads(out.strip().splitlines()[-1]))
+    taken = [number for numbers in popped for number in numbers]
+    assert sorted(taken) == list(range(120))  # every enqueued trial taken, none twice
+    assert sum(bool(numbers) for numbers in popped) >= 2  # they did run side by side

@@ -131,10 +131,16 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
             try:
                 with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(
+                    storage = optuna.storages.RDBStorage(
                         url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
                         heartbeat_stale_trial_callback=retry_callback(),
+                        # SQLite: a worker waits up to this long for another's transaction, not pysqlite's 5 s
+                        engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if url.startswith(
+                            "sqlite:") else None,
                     )
+                if url.startswith("sqlite:"):
+                    take_the_write_lock_first(storage.engine)
+                return storage
             except Exception as exc:
                 # Two processes creating a new database at once (workers started together, a dashboard opening
                 # it): the one that loses the race finds a table, or the schema version row, the other has just
@@ -148,6 +154,31 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
         raise UsageError("--storage", f"Optuna cannot open {redact(url)!r} ({reason}); give a sqlite:///path, "
                                       "postgresql://user:pass@host/db, mysql://... URL or a journal file ending in "
                                       ".log") from None
+
+
+SQLITE_WAIT_SECONDS = 60.0
+
+
+def take_the_write_lock_first(engine) -> None:
+    """Make every SQLite transaction of ``engine`` take the database's write lock when it begins (BEGIN
+    IMMEDIATE), SQLAlchemy's recipe for pysqlite.
+
+    Optuna takes an enqueued trial with SELECT ... FOR UPDATE, then marks it running. SQLite ignores FOR UPDATE
+    and pysqlite opens no transaction for a SELECT, so two workers on one database file can both read the same
+    waiting trial and both take it: the scale stage's points were scored twice and the later worker's tell
+    failed. With the lock taken first, the second worker waits, then reads the trial as running and takes
+    another. PostgreSQL and MySQL honour FOR UPDATE and need nothing."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite leaves BEGIN to the hook below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the tables were created predate the hooks
 
 
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]  # seed -> sampler
