@@ -320,7 +320,8 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
         verdict = holdout_verdict({label: s.item_values for label, s in held.items()}, best_label)
         items = sum(t.user_attrs.get("items_scored", 0) for t in prefix)
         rows.append({
-            "testbed": bed.args.testbed, "strategy": name, "seed": seed, "budget": budget, "trial_equivalents": round(items / full, 3),
+            "testbed": bed.args.testbed, "strategy": name, "seed": seed, "budget": budget,
+            "trial_equivalents": round(items / full, 3),
             "items_scored": items, "trials": len(prefix),
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in prefix),
             "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in prefix),

@@ -45,15 +45,18 @@ def test_the_right_answer_is_not_always_in_the_same_place():
     assert min(labels.count(i) for i in range(4)) > 60  # 400 items: about 100 per place
 
 
-def test_lm_eval_loads_demo_target_with_the_prompts_and_choices_of_the_file():
+@pytest.mark.parametrize("task_name,eval_file,fixed_choices", [("demo_target", TARGET_EVAL, None),
+                                                              ("demo_skill_steep", STEEP_EVAL, list(CODES))])
+def test_lm_eval_loads_the_task_with_the_prompts_choices_and_labels_of_its_file(task_name, eval_file, fixed_choices):
     from lm_eval.tasks import TaskManager
 
-    task = TaskManager(include_path=str(TASK_DIR)).load(["demo_target"])["tasks"]["demo_target"]
+    task = TaskManager(include_path=str(TASK_DIR)).load([task_name])["tasks"][task_name]
     docs = list(task.eval_docs)
-    first = rows(TARGET_EVAL)[0]
+    first = rows(eval_file)[0]
     assert len(docs) == 400
     assert task.doc_to_text(docs[0]) == first["prompt"]
-    assert task.doc_to_choice(docs[0]) == first["choices"] and task.doc_to_target(docs[0]) == first["label"]
+    assert task.doc_to_choice(docs[0]) == (fixed_choices or first["choices"])
+    assert task.doc_to_target(docs[0]) == first["label"]
 
 
 def test_the_shipped_conflict_files_are_what_build_data_writes():
@@ -79,17 +82,6 @@ def test_the_conflicting_codes_disagree_with_the_demo_skills_for_every_word_and_
     labels = [row["label"] for row in items]
     assert [labels.count(i) for i in range(len(CODES))] == [100] * 4  # balanced: 25 % is chance
     assert len({tuple(labels[i:i + 4]) for i in range(0, 40, 4)}) > 5  # shuffled, not in blocks
-
-
-def test_lm_eval_loads_demo_skill_steep_with_the_prompts_and_labels_of_the_file():
-    from lm_eval.tasks import TaskManager
-
-    task = TaskManager(include_path=str(TASK_DIR)).load(["demo_skill_steep"])["tasks"]["demo_skill_steep"]
-    docs = list(task.eval_docs)
-    first = rows(STEEP_EVAL)[0]
-    assert len(docs) == 400
-    assert task.doc_to_text(docs[0]) == first["prompt"]
-    assert task.doc_to_choice(docs[0]) == list(CODES) and task.doc_to_target(docs[0]) == first["label"]
 
 
 def test_the_benchmarks_uniform_grid_takes_every_combination_of_one_weight_per_vector():

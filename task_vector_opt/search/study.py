@@ -125,7 +125,8 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
+        sqlite = url.startswith("sqlite:///")
+        if sqlite:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(CREATE_ATTEMPTS):
             try:
@@ -135,10 +136,9 @@ def open_storage(url: str, heartbeat_interval: float = HEARTBEAT_SECONDS) -> opt
                         url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
                         heartbeat_stale_trial_callback=retry_callback(),
                         # SQLite: a worker waits up to this long for another's transaction, not pysqlite's 5 s
-                        engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if url.startswith(
-                            "sqlite:") else None,
+                        engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if sqlite else None,
                     )
-                if url.startswith("sqlite:"):
+                if sqlite:
                     take_the_write_lock_first(storage.engine)
                 return storage
             except Exception as exc:
