@@ -81,15 +81,13 @@ def test_two_workers_share_a_study_survive_a_sigkill_and_finalize_saves_the_best
     study = optuna.load_study(study_name="shared", storage=storage)
     trials = study.get_trials(deepcopy=False)
     assert len([t for t in trials if t.state in FINISHED]) >= N_TRIALS
-    # The trial the kill interrupted, read afterwards from the storage: the victim's one failed trial. (The
-    # trial seen running before the kill may have completed in the instant before the signal landed.)
+    # The trial the kill interrupted, read afterwards from the storage: the victim's one failed trial, not left
+    # RUNNING. (The trial seen running before the kill may have completed in the instant before the signal landed.)
     killed_trials = [t for t in trials if t.state == TrialState.FAIL
                      and t.user_attrs.get("worker", "").split(":")[1:2] == [str(victim.pid)]]
     assert len(killed_trials) == 1, [(t.number, t.state, t.user_attrs.get("worker")) for t in trials]
     killed_trial = killed_trials[0]
     killed = killed_trial.number
-    last_start = max(t.datetime_start for t in trials if t.datetime_start)
-    assert killed_trial.state == TrialState.FAIL, (killed_trial.datetime_start, last_start)  # not left RUNNING
     retries = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
     assert retries and retries[0].state == TrialState.COMPLETE and retries[0].params == killed_trial.params
     baselines = [t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs and t.state in FINISHED]
