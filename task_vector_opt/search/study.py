@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import optuna
+import psutil
 import torch
 from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -63,12 +64,9 @@ def _is_dead_here(worker: str) -> bool:
     pid = int(pid_text)
     if pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    # Not os.kill(pid, 0): on Windows signal 0 is CTRL_C_EVENT, so asking would interrupt the console.
+    if not psutil.pid_exists(pid):
         return True
-    except PermissionError:  # alive, another user's
-        return False
     return started not in ("?", "") and _start_time(pid) not in ("?", started)
 
 
