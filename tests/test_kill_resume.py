@@ -3,9 +3,11 @@ same command completes the study with no completed trial lost and no half-writte
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -124,31 +126,56 @@ def test_kill_during_the_final_save(trio, tmp_path):
     rerun_and_check(cmd, tmp_path, before)
 
 
+def finished_in_storage(tmp_path) -> int:
+    """Trials the run's SQLite file holds as finished, read straight from it, read-only: a poll far cheaper than
+    loading the study through Optuna, which competes with the run for the CPU."""
+    path = tmp_path / "run" / "study.db"
+    if not path.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
+    except sqlite3.OperationalError:  # the tables are still being created, or a write holds the file
+        return 0
+    return count
+
+
 def interrupt_after_two_trials(cmd, tmp_path):
-    """Send Ctrl-C (SIGINT) once two trials have finished; return the finished process."""
+    """Send Ctrl-C (SIGINT) once the storage holds two finished trials; return the finished process.
+
+    The run is given far more trials than it can finish (INTERRUPTED_RUN_TRIALS), so only the state decides
+    when the signal goes, never how fast this machine is."""
     log_path = tmp_path / f"interrupted-{time.time_ns()}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            study = study_of(tmp_path) if "loaded in" in log_path.read_text(errors="replace") else None
-            if study and len(study.get_trials(deepcopy=False, states=FINISHED)) >= 2:
-                process.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.02)
-        process.wait(timeout=300)
+        try:
+            deadline = time.time() + 300
+            while finished_in_storage(tmp_path) < 2:
+                assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+                assert time.time() < deadline, "no two finished trials in 300 s"
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return process.returncode, log_path.read_text(errors="replace")
+
+
+INTERRUPTED_RUN_TRIALS = 100_000
 
 
 @pytest.mark.parametrize("save", [False, True], ids=["plain", "save_on_interrupt"])
 def test_ctrl_c_exits_cleanly_and_saves_only_when_asked(trio, tmp_path, save):
-    cmd = command(trio, tmp_path) + ["--n_trials", "50"] + (["--save_on_interrupt"] if save else [])
+    cmd = (command(trio, tmp_path) + ["--n_trials", str(INTERRUPTED_RUN_TRIALS)]
+           + (["--save_on_interrupt"] if save else []))
     code, log = interrupt_after_two_trials(cmd, tmp_path)
     assert code == 130, log[-3000:]
     assert "Traceback" not in log and "completed trials are kept" in log
     study = study_of(tmp_path)
     completed = study.get_trials(states=(TrialState.COMPLETE,))
-    assert 2 <= len(completed) < 50
+    assert 2 <= len(completed) < INTERRUPTED_RUN_TRIALS
     assert not list(tmp_path.glob(".out.partial-*"))
     if save:
         recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
