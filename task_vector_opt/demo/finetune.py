@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import sys
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from task_vector_opt.demo.skill import ANSWER_DELIMITER, CODES
 from task_vector_opt.demo.smollm2 import MARKER, atomic_build, prepare_smollm2
+
+logger = logging.getLogger(__name__)  # not "log": the fine-tunes' per-step callback has that name
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SKILL_TRAIN = DATA_DIR / "skill_train.jsonl"
@@ -108,11 +111,19 @@ def _encode(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], in
     return encoded
 
 
+def steps_of(n_examples: int, settings: FinetuneSettings) -> int:
+    """Optimizer steps of a fine-tune on ``n_examples``: full batches and a last partial one, every epoch."""
+    return (n_examples + settings.batch_size - 1) // settings.batch_size * settings.epochs
+
+
 def finetune(base_dir: Path, pairs: list[tuple[str, str]], settings: FinetuneSettings, out_dir: Path,
-             log=None) -> dict:
-    """Fine-tune the model in ``base_dir`` on (prompt, answer) pairs and save it to ``out_dir``."""
+             log=None, desc: str = "fine-tune") -> dict:
+    """Fine-tune the model in ``base_dir`` on (prompt, answer) pairs and save it to ``out_dir``.
+
+    A progress bar (``desc``) counts the steps; ``log``, if given, gets one line per step."""
     import torch
     import torch.nn.functional as F
+    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(settings.seed)
@@ -132,8 +143,7 @@ def finetune(base_dir: Path, pairs: list[tuple[str, str]], settings: FinetuneSet
 
     data = _encode(tokenizer, pairs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    steps_per_epoch = (len(data) + settings.batch_size - 1) // settings.batch_size
-    total_steps = steps_per_epoch * settings.epochs
+    total_steps = steps_of(len(data), settings)
 
     def lr_at(step: int) -> float:  # linear warmup, then linear decay to 10 %
         if step < settings.warmup_steps:
@@ -144,6 +154,7 @@ def finetune(base_dir: Path, pairs: list[tuple[str, str]], settings: FinetuneSet
     order_rng = random.Random(settings.seed)
     model.train()
     started, step, losses = time.perf_counter(), 0, []
+    bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True)
     for epoch in range(settings.epochs):
         order = list(range(len(data)))
         order_rng.shuffle(order)
@@ -172,8 +183,11 @@ def finetune(base_dir: Path, pairs: list[tuple[str, str]], settings: FinetuneSet
             optimizer.step()
             losses.append(loss.item())
             step += 1
+            bar.set_postfix(epoch=f"{epoch + 1}/{settings.epochs}", loss=f"{losses[-1]:.4f}", refresh=False)
+            bar.update(1)
             if log is not None:
                 log(f"epoch {epoch} step {step}/{total_steps} loss {losses[-1]:.4f}")
+    bar.close()
     model.eval()
     for param in model.parameters():
         param.requires_grad_(True)
@@ -196,9 +210,32 @@ def _cache_key(base_dir: Path, data_file: Path, settings: FinetuneSettings) -> s
 
 def prepare_finetuned(cache_root: Path, name: str, data_file: Path, pairs: list[tuple[str, str]],
                       settings: FinetuneSettings, log=None) -> Path:
-    base_dir = prepare_smollm2(cache_root)
-    final_dir = Path(cache_root) / f"smollm2-demo-{name}-{_cache_key(base_dir, data_file, settings)}"
-    return atomic_build(final_dir, lambda tmp: finetune(base_dir, pairs, settings, tmp, log=log))
+    return build_finetuned(prepare_smollm2(cache_root), Path(cache_root), name, data_file, pairs, settings,
+                           log=log)
+
+
+def build_finetuned(base_dir: Path, cache_root: Path, name: str, data_file: Path, pairs: list[tuple[str, str]],
+                    settings: FinetuneSettings, log=None) -> Path:
+    """The ``name`` model: ``base_dir`` fine-tuned on ``pairs``, cached under ``cache_root`` (built if missing).
+
+    A fine-tune takes minutes on a CPU, so it says what it builds, how long it runs and where it is kept."""
+    final_dir = cache_root / f"smollm2-demo-{name}-{_cache_key(base_dir, data_file, settings)}"
+    if final_dir.is_dir():
+        logger.info("demo model %r: fine-tuned before, cached in %s", name, final_dir)
+        return final_dir
+    steps = steps_of(len(pairs), settings)
+    logger.info(
+        "demo model %r: fine-tuning %s on %d examples of %s, %d epochs = %d steps of %d examples (learning rate %g); "
+        "cached in %s afterwards, so later runs skip this", name, base_dir.name, len(pairs), Path(data_file).name,
+        settings.epochs, steps, settings.batch_size, settings.lr, final_dir)
+
+    def build(tmp_dir: Path) -> dict:
+        stats = finetune(base_dir, pairs, settings, tmp_dir, log=log, desc=f"fine-tune {name}")
+        logger.info("demo model %r: %d steps in %.0f s, loss %.3f -> %.3f", name, stats["steps"], stats["seconds"],
+                    stats["first_loss"], stats["last_loss"])
+        return stats
+
+    return atomic_build(final_dir, build)
 
 
 def prepare_demo_models(cache_root: Path, log=None) -> dict[str, Path]:
