@@ -5,10 +5,15 @@ Behaviours come from a queue (``server.push(...)``, consumed one per request) an
 queue is empty, from ``server.rule(body) -> Behaviour`` (default: reply "Rating: [[7]]").
 Every request is recorded (path, query, headers, JSON body) together with the number of
 requests in flight and its high-water mark.
+
+Like a real API, the server can check what it is sent before any behaviour: with ``server.api_key`` set, a
+request with another key (or none) gets 401; with ``server.models`` set, a request for another model (or
+Azure deployment) gets 404. Both answer with the error bodies the real APIs send, and consume no behaviour.
 """
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -27,6 +32,8 @@ class Behaviour:
     # OpenAI logprobs content: [(token, logprob, [(alt_token, alt_logprob), ...]), ...]; None = omit
     logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
     error_message: str = "scripted error"
+    error_type: str | None = None  # the error body's type (default: server_error / api_error)
+    error_code: str | None = None  # OpenAI's error code, e.g. "insufficient_quota"
     echo_auth_in_error: bool = False  # a careless server that repeats the caller's key in its error
     usage: tuple[int, int] = (100, 20)
 
@@ -54,6 +61,8 @@ class JudgeServer:
         self.queue: deque[Behaviour] = deque()
         self.rule: Callable[[dict[str, Any]], Behaviour] = lambda body: reply("Good answer. Rating: [[7]]")
         self.requests: list[Recorded] = []
+        self.api_key: str | None = None  # None: any key (or none) is accepted
+        self.models: set[str] | None = None  # None: any model is served
         self.in_flight = 0
         self.high_water = 0
         self._lock = threading.Lock()
@@ -114,6 +123,27 @@ class JudgeServer:
                 return self.queue.popleft()
         return self.rule(body)
 
+    def _refusal(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> Behaviour | None:
+        """What a real API answers to a wrong key or an unknown model, before it looks at the request."""
+        anthropic = path.endswith("/messages")
+        if self.api_key is not None:
+            sent = headers.get("x-api-key") or headers.get("api-key") or \
+                headers.get("authorization", "").removeprefix("Bearer ")
+            if sent != self.api_key:
+                return Behaviour(status=401, error_message="invalid x-api-key" if anthropic else
+                                 "Incorrect API key provided. You can find your API key in your account settings.",
+                                 error_type="authentication_error" if anthropic else "invalid_request_error",
+                                 error_code=None if anthropic else "invalid_api_key")
+        if self.models is not None:
+            deployment = re.search(r"/deployments/([^/]+)/", path)
+            model = deployment.group(1) if deployment else body.get("model")
+            if model not in self.models:
+                return Behaviour(status=404, error_message=f"model: {model}" if anthropic else
+                                 f"The model `{model}` does not exist or you do not have access to it.",
+                                 error_type="not_found_error" if anthropic else "invalid_request_error",
+                                 error_code=None if anthropic else "model_not_found")
+        return None
+
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         with self._lock:
             self.in_flight += 1
@@ -126,10 +156,10 @@ class JudgeServer:
             except ValueError:
                 body = {}
             parts = urlsplit(handler.path)
+            headers = {k.lower(): v for k, v in handler.headers.items()}
             with self._lock:
-                self.requests.append(Recorded(parts.path, parse_qs(parts.query),
-                                              {k.lower(): v for k, v in handler.headers.items()}, body))
-            behaviour = self._next(body)
+                self.requests.append(Recorded(parts.path, parse_qs(parts.query), headers, body))
+            behaviour = self._refusal(parts.path, headers, body) or self._next(body)
             if behaviour.delay_s:
                 time.sleep(behaviour.delay_s)
             anthropic = parts.path.endswith("/messages")
@@ -141,9 +171,11 @@ class JudgeServer:
                     message += " key was " + (handler.headers.get("authorization") or
                                               handler.headers.get("x-api-key") or "")
                 if anthropic:
-                    payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+                    payload = {"type": "error", "error": {"type": behaviour.error_type or "api_error",
+                                                          "message": message}}
                 else:
-                    payload = {"error": {"message": message, "type": "server_error", "code": None}}
+                    payload = {"error": {"message": message, "type": behaviour.error_type or "server_error",
+                                         "code": behaviour.error_code}}
             data = json.dumps(payload).encode()
             try:
                 handler.send_response(behaviour.status)

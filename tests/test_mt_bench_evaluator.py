@@ -102,7 +102,7 @@ def test_running_mean_is_reported_per_chunk_and_a_pruner_can_stop_the_trial(tmp_
     with pytest.raises(optuna.TrialPruned):
         scorer.score(model, tokenizer, trial)
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {0: 2.0}
-    assert len(server.requests) == 2  # one question's two turns were judged, the rest were never paid for
+    assert len(server.requests) == 1 + 2  # the probe, then one question's two turns; the rest were never paid for
 
 
 def test_bad_evaluator_flags_are_usage_errors(tmp_path, server):

@@ -18,7 +18,7 @@ from tiny_models import make_trio
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = {"OPENAI_API_KEY": "sk-PLANTED-openai-7f3a9c", "ANTHROPIC_API_KEY": "sk-ant-PLANTED-51d2",
            "HF_TOKEN": "hf_PLANTEDtoken0042"}
-OUTAGE_REQUESTS = 8  # the first trial's 4 questions x 2 turns
+OUTAGE_REQUESTS = 1 + 8  # the judge probe (a 500 there is left to the run), then trial 0: 4 questions x 2 turns
 
 
 def test_judge_outage_fails_one_trial_and_no_key_is_written_anywhere(tmp_path):

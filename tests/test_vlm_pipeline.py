@@ -111,8 +111,9 @@ def test_two_judged_trials_through_the_launcher_use_our_rubric(models, tmp_path,
                 f"{judge_server.url}/v1", "--judge_cache", "none", "--parallel", "1"],
                OPENAI_API_KEY="sk-test-vlm")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert judge_server.count == 2 * 8  # 2 trials x 8 items, no holdout
-    first = judge_server.requests[0].body["messages"]
+    assert judge_server.count == 1 + 2 * 8  # the probe before the models load, then 2 trials x 8 items, no holdout
+    assert judge_server.requests[0].body["max_tokens"] == 1
+    first = judge_server.requests[1].body["messages"]
     assert first[0]["content"] == JUDGE_SYSTEM and "[参照回答 / Reference answer]" in first[1]["content"]
     trials = study_of(tmp_path).get_trials(states=FINISHED)
     assert [t.value for t in trials] == [5.5, 5.5]  # ratings 3 and 8 alternate: a mean of 5.5 per trial

@@ -67,19 +67,19 @@ def mt_bench_settings_from_args(args: argparse.Namespace) -> MTBenchSettings:
         raise UsageError("--chunk_size", f"must be at least 1 (got {args.chunk_size})")
     if not 0.0 < args.min_judged_fraction <= 1.0:
         raise UsageError("--min_judged_fraction", f"must be in (0, 1] (got {args.min_judged_fraction})")
-    check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
+    vllm_share = check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
     return MTBenchSettings(bench=bench_settings_from_args(args), judge=judge_spec_from_args(args),
                            chunk_size=args.chunk_size, prune=args.prune, on_judge_failure=args.on_judge_failure,
                            min_judged_fraction=args.min_judged_fraction, pruner=pruner_from_args(args),
                            generation_backend=args.generation_backend,
-                           vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
+                           vllm_gpu_memory_utilization=vllm_share)
 
 
 class MTBenchEvaluator:
     def __init__(self, settings: MTBenchSettings, run_dir: Path, model_id: str = "merged"):
         self.settings = settings
         self.bench = load_bench(settings.bench)  # validated again: files may have changed since parsing
-        self.judge: Judge = make_judge(settings.judge)
+        self.judge: Judge = make_judge(settings.judge, probe=True)  # a bad key or model stops here, before loading
         self.records = run_dir / "records"
         self.model_id = model_id
         self.run_tally = JudgeTally()

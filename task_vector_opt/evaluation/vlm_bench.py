@@ -126,7 +126,7 @@ def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
         raise UsageError("--holdout_fraction", f"must be in [0, 1) (got {args.holdout_fraction})")
     if not 0.0 < args.min_judged_fraction <= 1.0:
         raise UsageError("--min_judged_fraction", f"must be in (0, 1] (got {args.min_judged_fraction})")
-    check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
+    vllm_share = check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
     judge = None
     if args.vlm_metric == "judge":
         if not (args.judge_model_name or "").strip():
@@ -142,7 +142,7 @@ def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
                             chunk_size=args.chunk_size, prune=args.prune, pruner=pruner_from_args(args), judge=judge,
                             on_judge_failure=args.on_judge_failure, min_judged_fraction=args.min_judged_fraction,
                             generation_backend=args.generation_backend,
-                            vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
+                            vllm_gpu_memory_utilization=vllm_share)
 
 
 # ------------------------------------------------------------------------------------------------ ROUGE-L
@@ -275,7 +275,7 @@ class VLMBenchEvaluator:
         items = load_vlm_bench(settings.bench_file)  # again: the files may have changed since parsing
         self.search_items, self.holdout_items = split_holdout(items, settings.holdout_fraction)  # type: ignore
         self.rouge = JapaneseRougeL() if settings.metric == "rouge_l" else None
-        self.judge = make_judge(settings.judge) if settings.metric == "judge" else None
+        self.judge = make_judge(settings.judge, probe=True) if settings.metric == "judge" else None
         self.records = run_dir / "records"
         self.pruner = make_pruner(settings.pruner)
         self._answerer: ImageAnswerer | None = None

@@ -53,6 +53,10 @@ class Judge:
         """Judge ``requests`` (none of them cached), in order; call ``on_done(n)`` as n of them finish."""
         raise NotImplementedError
 
+    def probe(self) -> None:
+        """Check, before any model loads, that this judge can answer at all; UsageError if it cannot.
+        In-process judges have loaded their model by now, so there is nothing left to check."""
+
     def judge_many(self, requests: list[JudgeRequest], progress: bool = True) -> tuple[list[Judgment], JudgeTally]:
         from tqdm.auto import tqdm
 

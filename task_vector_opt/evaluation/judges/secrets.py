@@ -6,6 +6,9 @@ import re
 from typing import Iterable
 
 KEY_ENV_VARS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+# the variable each API backend reads its key from
+KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "openai-compatible": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY",
+                 "anthropic": "ANTHROPIC_API_KEY"}
 DUMMY_KEY = "EMPTY"  # what an OpenAI-compatible server without auth gets; not a secret
 
 _KEY_PATTERN = re.compile(r"\b(sk-|sk_|key-|Bearer\s+)[A-Za-z0-9_\-\.]{4,}")
