@@ -66,6 +66,9 @@ def setup_logging(level: str) -> None:
     # The engine logs each trial itself (score, timing, the reason a trial failed); Optuna's own per-trial
     # warnings would repeat those with a traceback, also for a Ctrl-C.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # The judge SDKs' HTTP clients log every request at INFO: a line per judgment, and one before a probe's error.
+    for client in ("httpx", "httpx2"):
+        logging.getLogger(client).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def choose_store_device(config: RunConfig, model_bytes: int) -> str:
@@ -130,9 +133,10 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     """
     config.run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(config.storage, config.heartbeat_interval)
+    # Tasks / questions / judges are built once, before the models load; an API judge is probed here, so a bad
+    # key is one error line (no log line before it).
+    evaluator = make_evaluator(config)
     log.info("study %s in %s", config.study_name, redact(config.storage))
-
-    evaluator = make_evaluator(config)  # tasks / questions / judges are built once, before the models load
     ws = prepare_workspace(config)
     if hasattr(evaluator, "follow"):  # a backend with its own copy of the weights (vLLM) pushes what merges rewrite
         evaluator.follow(ws.merger)
