@@ -83,20 +83,46 @@ def write_side_files(directory: Path, files: dict[str, Any]) -> None:
             write_json_atomic(directory / name, payload)
 
 
-def check_writable_dir(flag: str, value: str) -> None:
-    """The nearest existing ancestor must be a directory we can really create files in."""
-    path = Path(value).expanduser()
+def _cannot_create_files(path: Path) -> tuple[Path, str] | None:
+    """(the nearest existing ancestor of ``path``, why no file can be created in it), or None when one can."""
     probe = path
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        return probe, "it is a file, not a directory"
     try:
-        if not probe.is_dir():
-            raise NotADirectoryError(str(probe))
         with tempfile.TemporaryFile(dir=probe):
             pass
+    except PermissionError:
+        return probe, "permission denied"
+    except FileNotFoundError:  # the directory is there: its file system takes no new files (e.g. /proc)
+        return probe, "its file system takes no new files"
     except OSError as exc:
-        raise UsageError(flag, f"{value!r} is not a writable directory ({exc.strerror or exc}); choose a directory "
-                               "you can write to") from None
+        return probe, exc.strerror or str(exc)
+    return None
+
+
+def check_writable_dir(flag: str, value: str) -> None:
+    """The nearest existing ancestor must be a directory we can really create files in."""
+    refused = _cannot_create_files(Path(value).expanduser())
+    if refused is not None:
+        probe, reason = refused
+        where = "" if str(probe) == value else f": no file can be created in {str(probe)!r}"
+        raise UsageError(flag, f"{value!r} is not a writable directory{where} ({reason}); choose a directory you "
+                               "can write to")
+
+
+def check_new_file(flag: str, value: str, what: str) -> None:
+    """``value`` names a file that can be created (or exists): not a directory, and its directory takes files."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UsageError(flag, f"{value!r} is a directory; give the path of {what}, e.g. "
+                               f"{str(path / 'study.db')!r}")
+    refused = _cannot_create_files(path.parent)
+    if refused is not None:
+        probe, reason = refused
+        raise UsageError(flag, f"{value!r}: {what} cannot be created in {str(probe)!r} ({reason}); give a path in a "
+                               "directory you can write to")
 
 
 def check_output_dir(value: str, overwrite: bool, holds_saved_model: Callable[[Path], bool] | None = None) -> bool:

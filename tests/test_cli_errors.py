@@ -183,3 +183,117 @@ def test_mt_bench_malformed_question_line_names_file_and_line(trio, tmp_path, ca
     questions = tmp_path / "data" / "mini" / "question.jsonl"
     questions.write_text(questions.read_text() + "{not json\n", encoding="utf-8")
     mt_fails_with(base_args(trio, tmp_path) + mini_bench_args, capsys, "question.jsonl", ":5")
+
+
+# ------------------------------------------------------------------------- inputs that used to slip through
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry_run"]], ids=["run", "dry_run"])
+@pytest.mark.parametrize("url, fragment", [("sqlite:///", "names no database file"),
+                                           ("sqlite:///:memory:", "in-memory database"),
+                                           ("sqlite://", "in-memory database")])
+def test_a_sqlite_storage_that_names_no_file_is_refused_before_the_models_load(trio, tmp_path, capsys, url,
+                                                                                fragment, dry_run):
+    fails_with(base_args(trio, tmp_path) + ["--storage", url, *dry_run], capsys, "--storage", repr(url), fragment,
+               "e.g. sqlite:///runs/my_study.db")
+
+
+def test_a_storage_path_that_is_a_directory_is_refused(trio, tmp_path, capsys):
+    fails_with(base_args(trio, tmp_path) + ["--storage", f"sqlite:///{tmp_path}"], capsys, "--storage",
+               "is a directory", str(tmp_path / "study.db"))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_storage_file_in_a_directory_that_takes_no_files_names_the_file_and_the_directory(trio, tmp_path, capsys):
+    err = fails_with(base_args(trio, tmp_path) + ["--storage", "/proc/j.log"], capsys, "--storage",
+                     "'/proc/j.log': the study file cannot be created in '/proc'")
+    assert "No such file or directory" not in err and "not a writable directory" not in err, err
+
+
+@pytest.mark.parametrize("extra, flag, fragments", [
+    (["--item_subset_after", "4"], "--item_subset_after", ("(4) does nothing without --item_subset",)),
+    (["--item_subset", "0.3", "--item_subset_after", "1000", "--n_trials", "2"], "--item_subset_after",
+     ("never be used", "after 1000 trials", "--n_trials is 2")),
+    (["--item_subset", "0.3", "--n_trials", "6"], "--item_subset", ("never be used", "after 6 trials")),
+    (["--optimize_mode", "layer", "--profile_knots", "2"], "--profile_knots",
+     ("does nothing with --optimize_mode layer",)),
+    (["--density_min", "0.2"], "--density_min", ("(0.2) does nothing with task_arithmetic", "--merge_method ties")),
+    (["--density_max", "0.5"], "--density_max", ("(0.5) does nothing with task_arithmetic",)),
+], ids=["subset_after without subset", "subset after every trial", "default subset_after and few trials",
+        "knots without profile", "density_min with task_arithmetic", "density_max with task_arithmetic"])
+def test_a_flag_that_would_do_nothing_is_refused_like_pruner_without_prune(trio, tmp_path, capsys, extra, flag,
+                                                                          fragments):
+    fails_with(base_args(trio, tmp_path) + extra, capsys, flag, *fragments)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--profile_knots", "2"],  # --optimize_mode auto resolves to profile, which reads the knots
+    ["--optimize_mode", "profile", "--profile_knots", "2"],
+    ["--merge_method", "ties", "--density_min", "0.2", "--density_max", "0.5"],
+    ["--item_subset", "0.3", "--item_subset_after", "4", "--n_trials", "5"],
+], ids=["knots under auto", "knots under profile", "densities under ties", "subset that starts"])
+def test_the_same_flags_where_they_do_something_are_accepted(trio, tmp_path, capsys, extra):
+    run_cli(run_jglue, base_args(trio, tmp_path) + extra + ["--dry_run"])
+    assert '"study"' in capsys.readouterr().out
+
+
+def test_vllm_memory_share_with_the_hf_backend_is_refused(trio, tmp_path, capsys, mini_bench_args, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    mt_fails_with(base_args(trio, tmp_path) + mini_bench_args + ["--vllm_gpu_memory_utilization", "0.6"], capsys,
+                  "--vllm_gpu_memory_utilization", "(0.6)", "--generation_backend hf", "--generation_backend vllm")
+
+
+@pytest.mark.parametrize("value, suggested", [("0.0001", "0.001"), ("0.12345", "0.123"), ("0.99999", "1.0")])
+def test_an_off_grid_density_suggests_a_density_that_is_accepted(trio, tmp_path, capsys, value, suggested):
+    ties = ["--merge_method", "ties"]
+    err = fails_with(base_args(trio, tmp_path) + ties + ["--density_min", value], capsys, "--density_min",
+                     f"e.g. {suggested}")
+    assert err.endswith(f"e.g. {suggested}"), err
+    run_cli(run_jglue, base_args(trio, tmp_path) + ties + ["--density_min", suggested, "--dry_run"])
+    assert '"study"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, flag, fragments", [
+    (["--dtype", "float16", "--weight_max", "2e7"], "--weight_max",
+     ("(2e+07) is beyond what --dtype float16 holds", "|weight| must be at most", "65504", "--dtype bfloat16 or float32")),
+    (["--dtype", "float16", "--weight_min", "-70000"], "--weight_min", ("(-70000)", "65504")),
+    (["--dtype", "bfloat16", "--weight_max", "1e39"], "--weight_max", ("bfloat16", "3.38953e+38")),
+    (["--dtype", "float32", "--weight_max", "1e39"], "--weight_max", ("float32", "3.40282e+38")),
+], ids=["float16 max", "float16 min", "bfloat16", "float32"])
+def test_a_weight_range_the_dtype_cannot_hold_is_refused_before_loading(trio, tmp_path, capsys, extra, flag, fragments):
+    fails_with(base_args(trio, tmp_path) + extra, capsys, flag, *fragments)
+
+
+@pytest.mark.parametrize("extra", [["--dtype", "float16", "--weight_min", "-65504", "--weight_max", "65504"],
+                                   ["--dtype", "bfloat16", "--weight_max", "2e7"]], ids=["float16", "bfloat16"])
+def test_a_weight_range_the_dtype_holds_is_accepted(trio, tmp_path, capsys, extra):
+    run_cli(run_jglue, base_args(trio, tmp_path) + extra + ["--dry_run"])
+    assert '"study"' in capsys.readouterr().out
+
+
+def launch_jglue(trio, tmp_path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "merge_task_vector_jglue.py"), *base_args(trio, tmp_path),
+                           *extra], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--storage", "sqlite:///:memory:"], "--storage"),
+    (["--finalize"], "--finalize"),
+    (["{full output_dir}"], "--output_dir"),
+], ids=["storage", "finalize without a study", "output_dir"])
+def test_under_the_default_mode_an_error_found_late_is_still_the_only_line(trio, tmp_path, extra, flag):
+    """--optimize_mode auto logs which mode it chose, but only once every input passed."""
+    if extra == ["{full output_dir}"]:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "model.safetensors").write_text("old")
+        extra = []
+    done = launch_jglue(trio, tmp_path, *extra)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag}: "), done.stderr
+
+
+def test_under_the_default_mode_a_valid_command_logs_the_chosen_mode(trio, tmp_path):
+    done = launch_jglue(trio, tmp_path, "--dry_run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--optimize_mode auto: profile" in done.stderr, done.stderr

@@ -142,6 +142,37 @@ def test_a_task_vector_too_large_for_the_dtype_names_the_tensor_and_the_dtype_fl
         build_task_vector(model, trio["base"], trio["tuned"], dtype=torch.float16, store_device="cpu")
 
 
+# -------------------------------------------------------------------------------------- a vector of zeros
+
+@pytest.mark.parametrize("which", ["the only tuned model", "the second of two"])
+def test_a_tuned_model_equal_to_the_base_exits_2_naming_it_as_the_vector_is_built(trio, tmp_path, capsys, which):
+    same = Path(shutil.copytree(trio["base"], tmp_path / "models" / "same_as_base"))
+    argv = jglue_argv(trio, tmp_path)
+    argv[argv.index("--tuned_model") + 1] = str(same) if which == "the only tuned model" else f"{trio['tuned']},{same}"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(jglue_in_process, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # the loading progress bars share stderr; the error is its last line
+    assert err.count("error: ") == 1
+    error = err[err.index("error: "):].strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: --tuned_model: "), error
+    assert repr(str(same)) in error and "equals --base_model" in error and "is zero" in error, error
+    assert not (tmp_path / "out").exists()
+    assert not optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'run' / 'study.db'}")  # before any search
+
+
+def test_a_tuned_model_that_differs_only_in_the_embeddings_skip_embed_leaves_out_is_refused_saying_so(trio, tmp_path):
+    edit_tensor(trio["tuned"], "model.embed_tokens.weight", lambda t: t.copy_(load_file(
+        weights_file(trio["base"]))["model.embed_tokens.weight"]))  # equal to the base there first
+    same = Path(shutil.copytree(trio["base"], tmp_path / "embed_only"))
+    edit_tensor(same, "model.embed_tokens.weight", lambda t: t.add_(1.0))
+    model = make_model("llama", VOCAB)
+    vector = build_task_vector(model, trio["base"], same, dtype=torch.float32, store_device="cpu")
+    assert vector["model.embed_tokens.weight"].delta.abs().max() == 1.0  # applied without --skip_embed
+    with pytest.raises(UsageError, match=r"^--tuned_model: .*equals --base_model .*--skip_embed leaves out"):
+        build_task_vector(model, trio["base"], same, dtype=torch.float32, store_device="cpu", skip_embed=True)
+
+
 @pytest.fixture(scope="module")
 def moe_models(tmp_path_factory):
     return make_moe_models(tmp_path_factory.mktemp("moe_models"), "llama", VOCAB, seed=10)

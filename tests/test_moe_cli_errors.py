@@ -114,6 +114,17 @@ def test_experts_per_token_above_the_expert_count(models, tmp_path, capsys):
                "--experts_per_token", "(2)")
 
 
+@pytest.mark.parametrize("source", ["flag", "config"])
+def test_zero_experts_per_token_is_refused_not_turned_into_the_default(models, tmp_path, capsys, source):
+    argv = args(models, tmp_path, models["target"], models["target2"])
+    if source == "flag":
+        fails_with(argv + ["--experts_per_token", "0"], capsys, "--experts_per_token", "between 1 and", "got 0")
+    else:
+        config = write_yaml(tmp_path, {"gate_mode": "random", "experts_per_token": 0, "experts": [
+            {"source_model": "target_model_1"}, {"source_model": "target_model_2"}]})
+        fails_with(argv + ["--moe_config", config], capsys, "--moe_config", "between 1 and", "got 0")
+
+
 def test_expert_output_dir_not_empty(models, tmp_path, capsys):
     (tmp_path / "out-2").mkdir()
     (tmp_path / "out-2" / "file").write_text("x")

@@ -116,3 +116,25 @@ def test_a_named_study_made_before_the_identity_rule_is_checked_on_the_inputs_it
     assert validate(JGLUE, parse_namespace(JGLUE.command_line, argv + ["--batch_size", "16"])).study_name == "mine"
     expect_usage_error(jglue_in_process, argv + ["--weight_min", "-1"], capsys, "--study_name",
                        "weight_min (0.0 -> -1.0)")
+
+
+def made_by(models, cwd: Path, *extra: str) -> None:
+    """Study 'mine' in cwd/study.db, holding the identity of the command with ``extra`` (no trial is run)."""
+    config = validate(JGLUE, parse_namespace(JGLUE.command_line, argv_of(models, cwd, *extra)))
+    study = optuna.create_study(study_name="mine", storage=config.storage, direction="maximize")
+    study.set_user_attr("identity", config.study_identity())
+
+
+def test_a_mismatch_in_the_scale_stage_names_the_flag_and_its_values(models, tmp_path, capsys):
+    made_by(models, tmp_path)  # --optimize_mode auto: profile with --scale_search on
+    err = expect_usage_error(jglue_in_process, argv_of(models, tmp_path, "--optimize_mode", "profile"), capsys,
+                             "--study_name", "differs in scale_search ('on' -> 'off')")
+    assert "scale_first" not in err, err
+
+
+def test_a_mismatch_in_two_long_paths_shows_where_they_differ(models, tmp_path, capsys):
+    made_by(models, tmp_path)
+    argv = argv_of(models, tmp_path)
+    argv[argv.index("--tuned_model") + 1] = str(models["target2"])
+    assert str(models["tuned"])[:40] == str(models["target2"])[:40]  # the common prefix is longer than is shown
+    expect_usage_error(jglue_in_process, argv, capsys, "--study_name", "tuned_model (", "/tuned' -> ", "/target2')")

@@ -308,12 +308,14 @@ def test_choice_prob_on_a_generation_task_is_one_line_exit_2_before_loading(trio
 
 
 def test_optimize_mode_auto_says_which_path_and_why(caplog):
-    from task_vector_opt.cli.validation import resolve_optimize_mode
+    from task_vector_opt.cli.validation import log_optimize_mode, resolve_optimize_mode
 
+    assert resolve_optimize_mode("auto") == "profile" and resolve_optimize_mode("layer") == "layer"
     with caplog.at_level("INFO", logger="task_vector_opt"):
-        assert resolve_optimize_mode("auto") == "profile"
+        log_optimize_mode("auto")  # once every input is checked (tests/test_cli_errors.py: after a bad one, silent)
     (line,) = [r.getMessage() for r in caplog.records if "--optimize_mode auto" in r.getMessage()]
     assert "profile" in line and "scale found first" in line  # which path
     assert "measured best" in line and "benchmarks.md" in line and "MoE" in line  # why, and where it was not measured
     caplog.clear()
-    assert resolve_optimize_mode("layer") == "layer" and not caplog.records  # a named mode is taken as it is
+    log_optimize_mode("layer")
+    assert not caplog.records  # a named mode is taken as it is

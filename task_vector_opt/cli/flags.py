@@ -38,6 +38,10 @@ class Flag:
     aliases: tuple[str, ...] = ()
     dest: str | None = None
     metavar: str | None = None
+    # The value a run uses when the flag is not given, for a flag that does nothing in some runs: its parsed
+    # default stays None, so validation can refuse it where it would do nothing (as --pruner without --prune)
+    # only when the user gave it. --help and the flag docs show this value as the default.
+    unset_default: Any = None
 
     def add_to(self, parser: argparse._ActionsContainer) -> None:
         kwargs: dict[str, Any] = {"help": self.help, "default": self.default}
@@ -51,8 +55,9 @@ class Flag:
                 kwargs["metavar"] = self.metavar
             if self.choices:
                 kwargs["choices"] = self.choices
-        if self.default is not None and not self.action:
-            kwargs["help"] += f" (default: {self.default})"
+        shown = self.default if self.unset_default is None else self.unset_default
+        if shown is not None and not self.action:
+            kwargs["help"] += f" (default: {shown})"
         parser.add_argument(self.name, *self.aliases, **kwargs)
 
 
@@ -89,8 +94,9 @@ MERGE_FLAGS = [
          "(DARE drop, then the TIES sign election).", "task_arithmetic",
          choices=("task_arithmetic", "ties", "dare_linear", "dare_ties")),
     Flag("--density_min", "Lowest density searched (share of each vector's entries kept by ties / dare_*; "
-         "on a 0.001 grid).", 0.1, type=float),
-    Flag("--density_max", "Highest density searched (at most 1.0 = keep every entry).", 1.0, type=float),
+         "on a 0.001 grid; not with task_arithmetic, which keeps every entry).", type=float, unset_default=0.1),
+    Flag("--density_max", "Highest density searched (at most 1.0 = keep every entry; not with task_arithmetic).",
+         type=float, unset_default=1.0),
     Flag("--density_per_group", "Search one density per vector and group (as the weights) instead of one per "
          "vector.", action="store_true", default=False),
     Flag("--dare_seed", "Seed of the DARE drop masks (dare_linear / dare_ties): the same weights and densities "
@@ -112,8 +118,8 @@ SEARCH_FLAGS = [
          "auto",
          choices=("auto", "all", "layer", "parameter", "profile")),
     Flag("--profile_knots", "Knot weights of profile mode, spread evenly from the first decoder layer to the last "
-         "(1 = one weight for every layer; at most the number of layers). Default: 4, or the number of layers "
-         "when the model has fewer.", None, type=int),
+         "(1 = one weight for every layer; at most the number of layers; only in profile mode, which --optimize_mode "
+         "auto uses). Default: 4, or the number of layers when the model has fewer.", None, type=int),
     Flag("--scale_search", "Find each task vector's overall scale first, then the shape: 'on' tries one uniform "
          "weight per vector on a design over the whole --weight_min..--weight_max range (6 trials with one vector, "
          "the baselines included, then 2 around the best), and the sampler then searches the shape's weights as factors "
@@ -204,7 +210,8 @@ JGLUE_FLAGS = [
          "scored on the rest of the documents, so the best trial's score is never an estimate. The held-out "
          "verdict always scores every held-out document. Not with --prune.", 0.0, type=float),
     Flag("--item_subset_after", "With --item_subset: trials scored on every search document before the subset is "
-         "chosen (the baselines count).", 6, type=int),
+         "chosen (the baselines count); fewer than --n_trials, so that the subset is used.", type=int,
+         unset_default=6),
 ]
 
 
@@ -306,7 +313,8 @@ GENERATION_FLAGS = [
          choices=("hf", "vllm")),
     Flag("--vllm_gpu_memory_utilization", "With --generation_backend vllm: share of the GPU's memory vLLM takes "
          "(its weights and KV cache); the live model and the task vectors must fit in the rest, which "
-         "--vector_placement auto and --dry_run count.", 0.5, type=float),
+         "--vector_placement auto and --dry_run count. Not with --generation_backend hf.", type=float,
+         unset_default=0.5),
 ]
 
 
@@ -326,7 +334,8 @@ MOE_FLAGS = [
          "expert's hidden states of each expert's prompts, recomputed every trial) or 'cheap_embed' (prompt token "
          "embeddings). Default: the config's gate_mode (mergekit's default 'hidden'), or 'random' without "
          "--moe_config.", choices=("random", "hidden", "cheap_embed")),
-    Flag("--experts_per_token", "Experts each token is routed to (default: the config's experts_per_token, else 2).",
+    Flag("--experts_per_token", "Experts each token is routed to, at least 1 and at most the number of experts "
+         "(default: the config's experts_per_token, else 2).",
          type=int),
     Flag("--gate_seed", "Seed of the random routers (--gate_mode random).", 42, type=int),
     Flag("--save_moe", "Also save the MoE itself to --output_dir (loadable with AutoModelForCausalLM), with a "

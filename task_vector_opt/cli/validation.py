@@ -16,9 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from task_vector_opt.cli.flags import MERGE_FLAGS, flag_named
 from task_vector_opt.search.samplers import SAMPLERS
 from task_vector_opt.errors import UsageError
-from task_vector_opt.files import check_output_dir, check_writable_dir
+from task_vector_opt.files import check_new_file, check_output_dir, check_writable_dir
 from task_vector_opt.merging.grouping import AUTO_MODE, OPTIMIZE_MODES
 from task_vector_opt.merging.models import check_model_source
 from task_vector_opt.run_config import RunConfig, default_study_name
@@ -43,6 +44,7 @@ def validate(pipeline, args: argparse.Namespace) -> RunConfig:
         check_named_study(config.storage, config.study_name, config.study_identity())
     if not config.search_only:  # a search-only worker writes no model
         config.saved_output = pipeline.check_outputs(config, holds_this_studys_model(config))
+    log_optimize_mode(args.optimize_mode)  # after every check: a bad input is the run's only line
     if config.saved_output is None and not config.finalize:
         from task_vector_opt.search.existing import related_study_note
 
@@ -144,9 +146,9 @@ def check_storage(url: str, finalize_study: str | None = None) -> None:
     ``finalize_study`` with a completed trial."""
     from task_vector_opt.search.study import is_journal, open_storage
 
+    check_sqlite_file(url)
     if finalize_study is None and (url.startswith("sqlite:///") or is_journal(url)):
-        path = url.removeprefix("sqlite:///").removeprefix("journal:")
-        check_writable_dir("--storage", str(Path(path).expanduser().parent))
+        check_new_file("--storage", url.removeprefix("sqlite:///").removeprefix("journal:"), "the study file")
         return
     storage = open_storage(url)  # connects (and creates Optuna's tables), or raises UsageError
     try:
@@ -156,6 +158,22 @@ def check_storage(url: str, finalize_study: str | None = None) -> None:
         engine = getattr(storage, "engine", None)
         if engine is not None:
             engine.dispose()
+
+
+def check_sqlite_file(url: str) -> None:
+    """A SQLite storage must name a file: an in-memory database (or none) is gone with its connection, and the
+    run opens several, so Optuna's tables would be missing after the models load."""
+    fix = "give a file, e.g. sqlite:///runs/my_study.db, or leave --storage out (a study.db in --run_dir)"
+    if url in ("sqlite:", "sqlite://"):  # SQLAlchemy's in-memory database
+        raise UsageError("--storage", f"{url!r} is an in-memory database, gone with its connection; {fix}")
+    if not url.startswith("sqlite:///"):
+        return  # not SQLite, or a form SQLAlchemy itself refuses when the storage is opened
+    path, _, query = url.removeprefix("sqlite:///").partition("?")
+    if not path:
+        raise UsageError("--storage", f"{url!r} names no database file; {fix}")
+    if path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in query:
+        raise UsageError("--storage", f"{url!r} is an in-memory database: the run opens the storage several times "
+                                      f"and each connection would see an empty one, and nothing could resume; {fix}")
 
 
 def tuned_sources(value: str | None) -> list[ModelSource]:
@@ -209,22 +227,30 @@ def merge_settings_from_args(args: argparse.Namespace):
     method = args.merge_method
     if method not in MERGE_METHODS:
         raise UsageError("--merge_method", f"unknown method {method!r}; choose one of {', '.join(MERGE_METHODS)}")
+    densities = {}  # None: the flag was not given (its default applies)
     for flag, value in (("--density_min", args.density_min), ("--density_max", args.density_max)):
+        densities[flag] = flag_named(MERGE_FLAGS, flag).unset_default if value is None else value
+        if value is None:
+            continue
         if not 0.0 < value <= 1.0:
             raise UsageError(flag, f"({value}) must be in (0, 1]: a density is the share of a vector's entries kept")
         if abs(value * DENSITY_GRID - round(value * DENSITY_GRID)) > 1e-6:
+            nearest = min(max(round(value * DENSITY_GRID), 1), DENSITY_GRID) / DENSITY_GRID  # itself in (0, 1]
             raise UsageError(flag, f"({value}) must be a multiple of {1 / DENSITY_GRID} (densities are searched "
-                                   f"on that grid); e.g. {round(value * DENSITY_GRID) / DENSITY_GRID}")
-    if args.density_min > args.density_max:
-        raise UsageError("--density_min", f"({args.density_min}) must not be above --density_max "
-                                          f"({args.density_max})")
+                                   f"on that grid); e.g. {nearest}")
+        if method == "task_arithmetic":
+            raise UsageError(flag, f"({value}) does nothing with task_arithmetic, which keeps every entry; choose "
+                                   f"--merge_method ties, dare_linear or dare_ties, or drop {flag}")
+    density_min, density_max = densities["--density_min"], densities["--density_max"]
+    if density_min > density_max:
+        raise UsageError("--density_min", f"({density_min}) must not be above --density_max ({density_max})")
     if args.dare_seed is not None and method not in DROPPING_METHODS:
         raise UsageError("--dare_seed", f"only applies to a method that drops entries at random (dare_linear, "
                                         f"dare_ties), not {method}; drop --dare_seed or change --merge_method")
     if args.density_per_group and method == "task_arithmetic":
         raise UsageError("--density_per_group", "task_arithmetic keeps every entry, so it has no density to "
                                                 "search; choose --merge_method ties, dare_linear or dare_ties")
-    return MergeSettings(method=method, density_min=args.density_min, density_max=args.density_max,
+    return MergeSettings(method=method, density_min=density_min, density_max=density_max,
                          density_per_group=args.density_per_group, dare_seed=args.dare_seed,
                          normalize=args.merge_normalize, dare_rescale=args.dare_rescale)
 def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> int | None:
@@ -246,13 +272,16 @@ DEFAULT_PROFILE_KNOTS = 4  # the default strategy's knots (benchmarks/bench_sear
 def resolve_optimize_mode(requested: str) -> str:
     """--optimize_mode auto (the default): profile, for one vector or several, every merge method, the MoE
     scripts included (docs: search, for the measurements behind it)."""
-    if requested != AUTO_MODE:
-        return requested
-    log.info("--optimize_mode auto: profile (knots along depth for each vector, and each expert in the MoE "
-             "scripts), searched as factors of each vector's scale found first; it measured best on every dense testbed "
-             "kind, one vector or two (docs/en/benchmarks.md, search benchmark); the MoE scripts use the same path "
-             "per expert, not benchmarked (their score needs an LLM judge)")
-    return "profile"
+    return "profile" if requested == AUTO_MODE else requested
+
+
+def log_optimize_mode(requested: str) -> None:
+    """Under --optimize_mode auto, one line on the mode it chose and why; logged once the inputs are all checked."""
+    if requested == AUTO_MODE:
+        log.info("--optimize_mode auto: profile (knots along depth for each vector, and each expert in the MoE "
+                 "scripts), searched as factors of each vector's scale found first; it measured best on every dense "
+                 "testbed kind, one vector or two (docs/en/benchmarks.md, search benchmark); the MoE scripts use the "
+                 "same path per expert, not benchmarked (their score needs an LLM judge)")
 
 
 def resolve_scale_search(requested: str, optimize_mode: str) -> bool:
@@ -283,6 +312,38 @@ def profile_knot_count(knots: int | None, targets: list[ModelSource], pipeline: 
     return knots
 
 
+def check_weights_fit_dtype(weight_min: float, weight_max: float, dtype: str) -> None:
+    """Each trial adds weight * (tuned - base) in the run's dtype, the weight itself cast to it: a weight beyond
+    the dtype's largest finite value is inf there, so every trial would fail on overflow."""
+    import torch
+
+    def largest(name: str) -> float:
+        return torch.finfo(getattr(torch, name)).max
+
+    for flag, value in (("--weight_max", weight_max), ("--weight_min", weight_min)):
+        if abs(value) > largest(dtype):
+            wider = [name for name in ("bfloat16", "float32") if name != dtype and largest(name) >= abs(value)]
+            raise UsageError(flag, f"({value:g}) is beyond what --dtype {dtype} holds: the merge adds weight * "
+                                   f"(tuned - base) in {dtype}, so |weight| must be at most its largest value "
+                                   f"{largest(dtype):g}; give a weight range within +-{largest(dtype):g}"
+                                   + (f", or --dtype {' or '.join(wider)}" if wider else ""))
+
+
+def check_item_subset_starts(evaluator: Any, args: argparse.Namespace) -> None:
+    """--item_subset_after only matters with --item_subset, and the subset only once that many trials were
+    scored in full: with --n_trials no higher, no trial would ever score the subset."""
+    subset = getattr(evaluator, "item_subset", 0.0)  # the lm-eval scripts' setting; the others have none
+    given_after = getattr(args, "item_subset_after", None)  # None: not given
+    if given_after is not None and not subset:
+        raise UsageError("--item_subset_after", f"({given_after}) does nothing without --item_subset; add "
+                                                "--item_subset (e.g. 0.33), or drop --item_subset_after")
+    if subset and args.n_trials <= evaluator.item_subset_after:
+        flag = "--item_subset_after" if given_after is not None else "--item_subset"
+        raise UsageError(flag, f"the subset would never be used: it is chosen after {evaluator.item_subset_after} "
+                               f"trials scored in full (--item_subset_after) and --n_trials is {args.n_trials}; raise "
+                               f"--n_trials above {evaluator.item_subset_after} or lower --item_subset_after")
+
+
 def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSource], evaluator: Any,
                  extra: dict[str, Any] | None = None, dtype: str | None = None) -> RunConfig:
     """Validate the flags common to every pipeline and assemble the RunConfig."""
@@ -302,6 +363,8 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
         raise UsageError("--finalize", "cannot be combined with --search_only (a worker either searches or saves)")
     if args.weight_min >= args.weight_max:
         raise UsageError("--weight_min", f"({args.weight_min}) must be lower than --weight_max ({args.weight_max})")
+    check_weights_fit_dtype(args.weight_min, args.weight_max, dtype or args.dtype)
+    check_item_subset_starts(evaluator, args)
     tuned_models = tuned_sources(args.tuned_model)
     for source in [*targets, ModelSource("--base_model", args.base_model), *tuned_models]:
         if not source.name_or_path:
@@ -314,6 +377,10 @@ def build_config(pipeline: str, args: argparse.Namespace, targets: list[ModelSou
     knots = 0
     if optimize_mode == "profile":
         knots = profile_knot_count(args.profile_knots, targets, pipeline, args.cache_dir, args.trust_remote_code)
+    elif args.profile_knots is not None:  # None: not given
+        raise UsageError("--profile_knots", f"({args.profile_knots}) does nothing with --optimize_mode "
+                                            f"{optimize_mode}, which has no knots; use --optimize_mode profile (or "
+                                            "auto, the default), or drop --profile_knots")
     scale_first = resolve_scale_search(args.scale_search, args.optimize_mode)
     if args.cache_dir is not None:
         check_writable_dir("--cache_dir", args.cache_dir)

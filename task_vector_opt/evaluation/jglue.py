@@ -121,7 +121,8 @@ def jglue_settings_from_args(args: argparse.Namespace) -> JGLUESettings:
         raise UsageError("--search_objective", f"unknown objective {args.search_objective!r}; choose "
                                                f"{' or '.join(OBJECTIVES)}")
     subset = float(args.item_subset)
-    subset_after = int(args.item_subset_after)
+    # None: --item_subset_after not given (validation refuses it given without --item_subset)
+    subset_after = DEFAULT_SUBSET_AFTER if args.item_subset_after is None else int(args.item_subset_after)
     if not 0 <= subset < 1:
         raise UsageError("--item_subset", f"must be a fraction of the search documents, at least 0 and below 1 "
                                           f"(got {subset:g}); e.g. 0.33, or 0 to score every document")

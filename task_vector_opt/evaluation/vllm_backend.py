@@ -47,13 +47,22 @@ INSTALL_HINT = "pip install -e '.[vllm]' (or: bash scripts/setup.sh vllm) on a m
 
 # ------------------------------------------------------------------------------------------------ validation
 
-def check_backend_flags(backend: str, utilization: float) -> None:
-    """The flags' own values (before anything else is looked at)."""
+def check_backend_flags(backend: str, utilization: float | None) -> float:
+    """The flags' own values (before anything else is looked at); returns vLLM's share of the GPU's memory.
+    ``utilization`` None: --vllm_gpu_memory_utilization not given (the default share); given with the hf backend,
+    which never reads it, it is refused."""
     if backend not in GENERATION_BACKENDS:
         raise UsageError(BACKEND_FLAG, f"{backend!r} is not a backend; choose hf or vllm")
+    if utilization is None:
+        return DEFAULT_GPU_MEMORY_UTILIZATION
     if not 0.0 < utilization < 1.0:
         raise UsageError(MEMORY_FLAG, f"({utilization}) must be between 0 and 1 (exclusive): the share of the GPU's "
                                       "memory vLLM takes; the rest holds the live model and the task vectors")
+    if backend != "vllm":
+        raise UsageError(MEMORY_FLAG, f"({utilization}) was given with --generation_backend {backend}, which runs no "
+                                      "vLLM engine; add --generation_backend vllm, or drop "
+                                      "--vllm_gpu_memory_utilization")
+    return utilization
 
 
 def check_vllm_runs_here() -> None:

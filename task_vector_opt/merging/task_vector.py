@@ -12,7 +12,7 @@ tuned are never both resident. Rules for the awkward cases:
   which gets the embed_tokens delta. An untied target with tied base/tuned gets
   the embed_tokens delta on lm_head too (that is what tuned - base means there).
 - Inputs that lie: a tensor of base or tuned with NaN or infinite values is refused (one min/max reduction
-  per stored delta as it streams); a base/tuned pair of another architecture than the target, with the
+  per stored delta as it streams), and so is a tuned model equal to the base (a vector of zeros); a base/tuned pair of another architecture than the target, with the
   target's names and shapes, is applied with one warning naming both.
 """
 from __future__ import annotations
@@ -67,6 +67,7 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
     vector: dict[str, VectorEntry] = {}
     used_keys: set[str] = set()
     skipped_keys: set[str] = set()  # tuned tensors left out on purpose (--skip_embed), not for want of a match
+    changes_anything = False  # a delta with a non-zero entry was seen (one reduction per tensor until then)
     to_checkpoint = name_map_for(model)  # identity for an LLM; a VLM's language model only
     params = [(name, p) for name, p in model.named_parameters() if to_checkpoint(name) is not None]
     log_left_alone([name for name, _ in model.named_parameters() if to_checkpoint(name) is None])
@@ -99,6 +100,7 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
                 if nonfinite_kinds(delta) is not None:  # the rows left out must not hide a damaged tensor
                     _explain_nonfinite_delta(name, keys, base, tuned, delta, torch.float32)
                 delta = delta[:rows]
+            changes_anything = changes_anything or bool(delta.any())
             stored = delta.to(device=store_device, dtype=dtype).contiguous()
             del delta
             if nonfinite_kinds(stored) is not None:  # NaN/inf in base or tuned propagate into the difference
@@ -107,6 +109,11 @@ def build_task_vector(model, base_dir: Path, tuned_dir: Path, *, dtype: torch.dt
     finally:
         base.close()
         tuned.close()
+    if params and not changes_anything:
+        skipped = " (--skip_embed leaves out the embeddings)" if skip_embed else ""
+        raise UsageError("--tuned_model", f"{str(tuned_dir)!r} equals --base_model {str(base_dir)!r} on every tensor "
+                                          f"the target gets{skipped}: the task vector tuned - base is zero, so no "
+                                          "weight would change the target; give the fine-tuned model as --tuned_model")
     warn_if_other_architecture(model, base_dir, tuned_dir)  # after the names and shapes were found to match
     if skipped_keys:
         log.info("--skip_embed: the embeddings (%s) were skipped; they keep the target's values",

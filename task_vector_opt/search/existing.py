@@ -94,14 +94,37 @@ def _identity_of(attrs: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     return None, False
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+SHOWN_WIDTH = 40  # characters of a value shown in a difference
+# Identity keys that are not the flag's name, with how the flag spells their values (scale_first counts only
+# when on: a study without it had --scale_search off).
+AS_FLAG = {"scale_first": ("scale_search", lambda on: "on" if on else "off")}
+
+
+def _shown_pair(old: Any, new: Any) -> tuple[str, str]:
+    """Both values, each cut to SHOWN_WIDTH characters around where they first differ (two paths with a long
+    common prefix show their differing parts, not the same prefix twice)."""
+    texts = [repr(old), repr(new)]
+    if max(len(text) for text in texts) <= SHOWN_WIDTH:
+        return texts[0], texts[1]
+    first = next((i for i, (a, b) in enumerate(zip(*texts)) if a != b), min(len(text) for text in texts))
+    start = max(0, first - 12) if first > SHOWN_WIDTH - 15 else 0
+    shown = []
+    for text in texts:
+        part = text[start:start + SHOWN_WIDTH - 6]
+        shown.append(("..." if start else "") + part + ("..." if start + len(part) < len(text) else ""))
+    return shown[0], shown[1]
 
 
 def _named(differing: list[tuple[str, Any, Any]]) -> str:
-    """'optimize_mode ('layer' -> 'parameter'), ...': the first few differences, theirs -> this run's."""
-    named = ", ".join(f"{key} ({_shown(old)} -> {_shown(new)})" for key, old, new in differing[:MAX_NAMED])
+    """'optimize_mode ('layer' -> 'parameter'), ...': the first few differences, theirs -> this run's, by the
+    flag's name."""
+    parts = []
+    for key, old, new in differing[:MAX_NAMED]:
+        if key in AS_FLAG:
+            key, spelled = AS_FLAG[key]
+            old, new = spelled(old), spelled(new)
+        parts.append("{} ({} -> {})".format(key, *_shown_pair(old, new)))
+    named = ", ".join(parts)
     return named + (f" and {len(differing) - MAX_NAMED} more" if len(differing) > MAX_NAMED else "")
 
 

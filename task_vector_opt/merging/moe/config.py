@@ -309,9 +309,11 @@ def moe_settings_from_args(args: argparse.Namespace, targets: list[ModelSource])
     if gate_mode not in GATE_MODES:
         flag = "--gate_mode" if args.gate_mode else "--moe_config"
         raise UsageError(flag, f"unknown gate mode {gate_mode!r}; choose {', '.join(GATE_MODES)}")
-    experts_per_token = args.experts_per_token or (data.experts_per_token if data is not None else None) or 2
+    # None is "not given" (0 is a value, and refused below, not a fall-through to the default)
+    from_file = data.experts_per_token if data is not None else None
+    experts_per_token = next((value for value in (args.experts_per_token, from_file) if value is not None), 2)
     if not isinstance(experts_per_token, int) or not 1 <= experts_per_token <= n:
-        flag = "--experts_per_token" if args.experts_per_token else "--moe_config"
+        flag = "--experts_per_token" if args.experts_per_token is not None else "--moe_config"
         raise UsageError(flag, f"experts per token must be between 1 and the number of experts ({n}); got "
                                f"{experts_per_token!r}")
     yaml_dtype = None
