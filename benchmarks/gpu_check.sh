@@ -16,7 +16,7 @@ PYTHON="${PYTHON:-python3}"
 nvidia-smi -L >/dev/null || { echo "gpu_check.sh: no NVIDIA GPU visible (nvidia-smi failed)" >&2; exit 2; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "vllm==0.34.0"      # the version the name tests read (MIN_VLLM)
+"$VENV/bin/python" -m pip install -q "vllm==0.33.0"      # the version the name tests read (MIN_VLLM)
 "$VENV/bin/python" -m pip install -q -e ".[demo,vllm]"    # torch and transformers as vLLM pinned them
 "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 # each stage in its own process: two vLLM engines never share the GPU

@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system_packages.sh
 bash scripts/setup.sh test
-[ $# -gt 0 ] || set -- -q tests
+if [ $# -eq 0 ]; then  # the whole suite: first, every extra resolves against the registry (seconds, no wheel fetched)
+  .venv/bin/python scripts/check_extras.py
+  set -- -q tests
+fi
 exec .venv/bin/python -m pytest "$@"

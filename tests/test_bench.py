@@ -346,12 +346,12 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_default_flags_give_the_example_bench(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # the defaults fall back to the repository's FastChat/ folder
+    monkeypatch.chdir(tmp_path)  # the defaults fall back to the package's copy (the repo's FastChat/ links to it)
     settings = bench_settings_from_args(parse())
     assert isinstance(settings, BenchSettings)
     assert (settings.bench_name, settings.max_new_tokens, settings.gen_batch_size) == ("example", 512, 8)
     assert settings.conv_template is None and settings.holdout_question_ids == []
-    assert Path(settings.judge_file) == DATA / "judge_prompts.jsonl"
+    assert Path(settings.judge_file) == (DATA / "judge_prompts.jsonl").resolve()
     json.dumps(dataclasses.asdict(settings))
     loaded = load_bench(settings)
     assert len(loaded.search) == 10 and loaded.holdout == []

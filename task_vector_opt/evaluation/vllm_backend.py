@@ -41,7 +41,7 @@ GENERATION_BACKENDS = ("hf", "vllm")
 BACKEND_FLAG = "--generation_backend"
 MEMORY_FLAG = "--vllm_gpu_memory_utilization"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.5
-MIN_VLLM = "0.34.0"  # the version whose weight-loading rules tests/test_vllm_backend.py checks the names against
+MIN_VLLM = "0.33.0"  # the version whose weight-loading rules tests/test_vllm_backend.py checks the names against
 INSTALL_HINT = "pip install -e '.[vllm]' (or: bash scripts/setup.sh vllm) on a machine with a CUDA GPU"
 
 

@@ -31,11 +31,16 @@ JUDGE_FILE_FLAG = "--judge_file"
 HOLDOUT_FILE_FLAG = "--holdout_question_file"
 
 # FastChat's own layout: the defaults of --bench_dir and --judge_file (the flag table reads them here). When
-# absent from the working directory, they are looked up in the repository's own FastChat/ folder
-# (settings._resolve_existing).
+# absent from the working directory, they are the package's own copy (settings._resolve_existing), which ships
+# in the wheel; the repository's FastChat/fastchat/llm_judge/data is a link to it.
 DEFAULT_BENCH_DIR = "FastChat/fastchat/llm_judge/data"
 DEFAULT_JUDGE_FILE = f"{DEFAULT_BENCH_DIR}/judge_prompts.jsonl"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+PACKAGED_BENCH_DIR = Path(__file__).resolve().parent / "data"  # the example bench and the judge prompts
+
+
+def packaged(default: str) -> Path:
+    """Where a default path under DEFAULT_BENCH_DIR lies in the installed package."""
+    return PACKAGED_BENCH_DIR / Path(default).relative_to(DEFAULT_BENCH_DIR)
 QUESTION_FILE = "question.jsonl"
 REFERENCE_DIR = "reference_answer"
 

@@ -14,7 +14,7 @@ from task_vector_opt.identity import outside_identity
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.bench.check import check_bench
 from task_vector_opt.evaluation.bench.files import BENCH_NAME_FLAG, DEFAULT_BENCH_DIR, DEFAULT_JUDGE_FILE, \
-    HOLDOUT_FILE_FLAG, REPO_ROOT, JudgePrompt, Question, QuestionId
+    HOLDOUT_FILE_FLAG, JudgePrompt, Question, QuestionId, packaged
 
 HOLDOUT_SEED = 0  # the split is a property of the bench, not of the search's sampler seed
 
@@ -117,10 +117,10 @@ def load_bench(settings: BenchSettings) -> LoadedBench:
 
 
 def _resolve_existing(text: str, default: str) -> Path:
-    """A relative path as given, or, when it is the default and absent here, under the repository root."""
+    """A relative path as given, or, when it is the default and absent here, the package's own copy."""
     path = Path(text).expanduser()
-    if not path.is_absolute() and not path.exists() and text == default and (REPO_ROOT / path).exists():
-        path = REPO_ROOT / path
+    if not path.is_absolute() and not path.exists() and text == default and packaged(default).exists():
+        path = packaged(default)
     return path.absolute()
 
 
