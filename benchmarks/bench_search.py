@@ -56,6 +56,9 @@ TESTBEDS = {
     "interference": TestbedKind("demo_target:0.5,demo_skill:0.5", ("tuned",)),
     "steep": TestbedKind("demo_target:0.5,demo_skill_steep:0.5", ("conflict",)),
     "two_vectors": TestbedKind("demo_target:0.5,demo_skill:0.5", ("tuned", "conflict")),
+    # the shape kinds (task_vector_opt/demo/spliced.py): one vector, helpful in some layers and harmful in others
+    "shape_step": TestbedKind("demo_target:0.5,demo_skill:0.5", ("shape-step",)),
+    "shape_graded": TestbedKind("demo_target:0.5,demo_skill:0.5", ("shape-graded",)),
 }
 
 
@@ -153,6 +156,7 @@ class Testbed:
         from task_vector_opt.cli.pipelines import JGLUE
         from task_vector_opt.cli.validation import validate
         from task_vector_opt.demo.finetune import prepare_conflict_model, prepare_demo_models
+        from task_vector_opt.demo.spliced import prepare_spliced
 
         self.args = args
         given = {role: getattr(args, f"{role}_model") for role in ("target", "base", "tuned")}
@@ -163,8 +167,13 @@ class Testbed:
                            "tuned": [Path(p) for p in given["tuned"].split(",")]}
         else:
             demo = prepare_demo_models(Path(args.cache))
-            if "conflict" in TESTBEDS[args.testbed].vectors:
+            vectors = TESTBEDS[args.testbed].vectors
+            if any(name == "conflict" or name.startswith("shape-") for name in vectors):
                 demo["conflict"] = prepare_conflict_model(Path(args.cache))
+            for name in vectors:
+                if name.startswith("shape-"):
+                    demo[name] = prepare_spliced(Path(args.cache), name.removeprefix("shape-"), demo["base"],
+                                                 demo["tuned"], demo["conflict"])
             self.models = {"target": demo["target"], "base": demo["base"],
                            "tuned": [demo[name] for name in TESTBEDS[args.testbed].vectors]}
         self.run_dir = Path(tempfile.mkdtemp(prefix="bench_search_"))
@@ -262,6 +271,23 @@ def interference(bed: Testbed, uniform_weights: list[float]) -> dict:
     for label, weights in uniform_grid(bed.ws.group_order, uniform_weights).items():
         score = bed.holdout(weights)
         out[label] = {"score": score.value, **score.details}
+    return out
+
+
+def reference_merges(bed: Testbed, scales: list[float]) -> dict:
+    """The shape kinds' per-layer reference: layer l at c * a(l), a(l) the helpful vector's share of layer l
+    (task_vector_opt/demo/spliced.py), the other groups at c; held out, for each c in ``scales``."""
+    from task_vector_opt.demo.spliced import helpful_share
+    from task_vector_opt.merging.grouping import LAYER_GROUP
+
+    shape = TESTBEDS[bed.args.testbed].vectors[0].removeprefix("shape-")
+    layers = {g: int(LAYER_GROUP.match(g)["index"]) for g in bed.ws.group_order if LAYER_GROUP.match(g)}
+    n_layers = max(layers.values()) + 1
+    out = {}
+    for c in scales:
+        weights = {g: c * helpful_share(shape, layers[g], n_layers) if g in layers else c for g in bed.ws.group_order}
+        score = bed.holdout(weights)
+        out[f"c={c:g}"] = {"score": score.value, **score.details}
     return out
 
 
@@ -372,6 +398,8 @@ def main(argv=None) -> None:
           flush=True)
     effect = interference(bed, uniform)
     print(json.dumps({"interference": effect}), flush=True)
+    if args.testbed.startswith("shape_"):
+        print(json.dumps({"per_layer_reference": reference_merges(bed, [0.25, 0.5, 0.75, 1.0])}), flush=True)
     if args.interference_only:
         return
     rows = []
