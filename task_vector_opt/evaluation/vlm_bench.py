@@ -6,33 +6,30 @@ Bench layout (``--vlm_bench_file``), one JSON object a line::
     {"id": "q1", "category": "colour", "image": "images/red_circle.png", "question": "...", "answer": "..."}
 
 ``image`` is a path relative to the bench file; ``id`` (default: the line number) and ``category`` (default:
-"default") are optional. Everything is checked, images opened, before any model loads. Every trial's answers
-and scores are kept as JSONL under <run_dir>/records/<trial>/.
+"default") are optional. Everything is checked, images opened, before any model loads. The loop (chunks, pruning,
+records under <run_dir>/records/<trial>/, the judged fraction, per-item values for the verdict, the holdout) is
+evaluation.judged_bench's, shared with MT-Bench; this module answers image questions and rates the answers.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import optuna
 import torch
 
-from task_vector_opt.identity import identity_when, outside_identity
-from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.bench.files import jsonl_records
 from task_vector_opt.evaluation.bench.settings import split_holdout
+from task_vector_opt.evaluation.judged_bench import JudgedBenchEvaluator, JudgedLoopSettings, RatedChunk, Rating, \
+    loop_settings_from_args
 from task_vector_opt.evaluation.judges.judgment import JudgeRequest
 from task_vector_opt.evaluation.judges.registry import make_judge
 from task_vector_opt.evaluation.judges.settings import judge_spec_from_args
-from task_vector_opt.evaluation.protocol import Score
-from task_vector_opt.evaluation.vllm_backend import VLLMEngine, check_backend_flags
-from task_vector_opt.files import write_jsonl_atomic
+from task_vector_opt.evaluation.vllm_backend import VLLMEngine
+from task_vector_opt.identity import outside_identity
 
 log = logging.getLogger(__name__)
 
@@ -95,38 +92,26 @@ def load_vlm_bench(path: str | Path) -> list[VLMItem]:
 
 # ------------------------------------------------------------------------------------------------ settings
 
-@dataclass
-class VLMBenchSettings:
+@dataclass(kw_only=True)
+class VLMBenchSettings(JudgedLoopSettings):
     bench_file: str
     metric: str  # rouge_l | judge
     max_new_tokens: int
     gen_batch_size: int = outside_identity()  # batching changes the speed, not greedy answers
     holdout_fraction: float = 0.0
-    # items per chunk; the running mean is reported after each (pruning), so it matters only with --prune
-    chunk_size: int = identity_when(lambda settings: settings.prune, default=4)
-    prune: bool = False
-    pruner: str | None = None  # --pruner (None without --prune)
     judge: Any = None  # a JudgeSpec with --vlm_metric judge, else None (the judge flags then change nothing)
-    on_judge_failure: str = outside_identity(default="fail_trial")  # what to do on an outage, never a score
-    min_judged_fraction: float = outside_identity(default=0.5)
-    # hf (transformers generate) or vllm; the study counts it only when it is not hf (older studies resume)
-    generation_backend: str = identity_when(lambda settings: settings.generation_backend != "hf", default="hf")
-    vllm_gpu_memory_utilization: float = outside_identity(default=0.5)  # memory, never an answer
 
 
 def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
     """Validate the bench flags and the bench file (items, images) before any model loads."""
     if args.vlm_metric not in METRICS:
         raise UsageError(METRIC_FLAG, f"{args.vlm_metric!r} is not a metric; choose rouge_l or judge")
-    for flag, value in (("--max_new_tokens", args.max_new_tokens), ("--gen_batch_size", args.gen_batch_size),
-                        ("--chunk_size", args.chunk_size)):
+    for flag, value in (("--max_new_tokens", args.max_new_tokens), ("--gen_batch_size", args.gen_batch_size)):
         if value < 1:
             raise UsageError(flag, f"must be at least 1 (got {value})")
+    loop = loop_settings_from_args(args)
     if not 0.0 <= args.holdout_fraction < 1.0:
         raise UsageError("--holdout_fraction", f"must be in [0, 1) (got {args.holdout_fraction})")
-    if not 0.0 < args.min_judged_fraction <= 1.0:
-        raise UsageError("--min_judged_fraction", f"must be in (0, 1] (got {args.min_judged_fraction})")
-    vllm_share = check_backend_flags(args.generation_backend, args.vllm_gpu_memory_utilization)
     judge = None
     if args.vlm_metric == "judge":
         if not (args.judge_model_name or "").strip():
@@ -138,11 +123,8 @@ def vlm_bench_settings_from_args(args: argparse.Namespace) -> VLMBenchSettings:
         raise UsageError("--holdout_fraction", f"{args.holdout_fraction} would hold out all {len(items)} items")
     return VLMBenchSettings(bench_file=str(Path(args.vlm_bench_file).expanduser().resolve()),
                             metric=args.vlm_metric, max_new_tokens=args.max_new_tokens,
-                            gen_batch_size=args.gen_batch_size, holdout_fraction=args.holdout_fraction,
-                            chunk_size=args.chunk_size, prune=args.prune, pruner=pruner_from_args(args), judge=judge,
-                            on_judge_failure=args.on_judge_failure, min_judged_fraction=args.min_judged_fraction,
-                            generation_backend=args.generation_backend,
-                            vllm_gpu_memory_utilization=vllm_share)
+                            gen_batch_size=args.gen_batch_size, holdout_fraction=args.holdout_fraction, judge=judge,
+                            **loop)
 
 
 # ------------------------------------------------------------------------------------------------ ROUGE-L
@@ -267,26 +249,17 @@ class VLLMImageAnswerer(ImageAnswerer):
 
 # ------------------------------------------------------------------------------------------------ evaluator
 
-class VLMBenchEvaluator:
+class VLMBenchEvaluator(JudgedBenchEvaluator):
     """score(model, processor, trial): the live VLM answers the search items; ROUGE-L or judge ratings, mean."""
 
     def __init__(self, settings: VLMBenchSettings, run_dir: Path):
-        self.settings = settings
         items = load_vlm_bench(settings.bench_file)  # again: the files may have changed since parsing
-        self.search_items, self.holdout_items = split_holdout(items, settings.holdout_fraction)  # type: ignore
+        search_items, holdout_items = split_holdout(items, settings.holdout_fraction)  # type: ignore[arg-type]
+        super().__init__(settings, run_dir, search_items, holdout_items)
+        self.settings: VLMBenchSettings = settings
         self.rouge = JapaneseRougeL() if settings.metric == "rouge_l" else None
         self.judge = make_judge(settings.judge, probe=True) if settings.metric == "judge" else None
-        self.records = run_dir / "records"
-        self.pruner = make_pruner(settings.pruner)
         self._answerer: ImageAnswerer | None = None
-        self._holdout_calls = 0
-        self.vllm = (VLLMEngine(settings.vllm_gpu_memory_utilization)
-                     if settings.generation_backend == "vllm" else None)
-
-    def follow(self, merger) -> None:
-        """engine.run hands over the merger: the vLLM backend pushes the tensors each merge rewrites."""
-        if self.vllm is not None:
-            self.vllm.follow(merger)
 
     def describe(self) -> str:
         how = "ROUGE-L (MeCab words)" if self.judge is None else f"judge {self.judge.name}"
@@ -299,52 +272,17 @@ class VLMBenchEvaluator:
             self._answerer = ImageAnswerer(*args) if self.vllm is None else VLLMImageAnswerer(*args, self.vllm)
         return self._answerer
 
-    def _rate(self, items: list[VLMItem], answers: list[str]) -> list[tuple[float | None, str | None]]:
-        """(score, why it is missing) per item."""
+    def rate_chunk(self, model, processor, items: list[VLMItem]) -> RatedChunk:
+        """Answer the items' image questions, then ROUGE-L against each reference or the judge's rating."""
+        answers = self.answerer(processor).answer(model, items)
+        tally = None
         if self.rouge is not None:
-            return [(self.rouge.score(item.answer, answer), None) for item, answer in zip(items, answers)]
-        judgments, _tally = self.judge.judge_many([judge_request(i, a) for i, a in zip(items, answers)])
-        return [(j.rating, None if j.rating is not None else (j.error or "no rating")) for j in judgments]
-
-    def _evaluate(self, model, processor, items: list[VLMItem], label: str, trial: optuna.Trial | None) -> Score:
-        from task_vector_opt.evaluation.mt_bench import JudgeFailure
-
-        started = time.perf_counter()
-        rows: list[dict[str, Any]] = []
-        scores: list[tuple[VLMItem, float]] = []
-        chunk = self.settings.chunk_size
-        for step, first in enumerate(range(0, len(items), chunk)):
-            part = items[first:first + chunk]
-            answers = self.answerer(processor).answer(model, part)
-            for item, answer, (value, why) in zip(part, answers, self._rate(part, answers)):
-                rows.append({"id": item.item_id, "category": item.category, "question": item.question,
-                             "answer": answer, "reference": item.answer, "score": value,
-                             **({"excluded_reason": why} if why else {})})
-                if value is not None:
-                    scores.append((item, value))
-            if trial is not None and scores:
-                running = statistics.fmean(v for _, v in scores)
-                trial.report(running, step)
-                if should_stop(trial):
-                    write_jsonl_atomic(self.records / label / "answers.jsonl", rows)
-                    raise optuna.TrialPruned(f"running mean {running:.3f} after {first + len(part)} items")
-        write_jsonl_atomic(self.records / label / "answers.jsonl", rows)
-        if len(scores) < self.settings.min_judged_fraction * len(items) or not scores:
-            reasons = sorted({row.get("excluded_reason", "") for row in rows} - {""})
-            raise JudgeFailure(f"only {len(scores)} of {len(items)} items were rated ({'; '.join(reasons)[:300]})",
-                               stops_study=self.settings.on_judge_failure == "stop")
-        details: dict[str, float] = {"rated": len(scores), "excluded": len(items) - len(scores),
-                                     "answer_and_score_s": round(time.perf_counter() - started, 2)}
-        for category in sorted({item.category for item, _ in scores}):
-            details[f"category/{category}"] = statistics.fmean(v for i, v in scores if i.category == category)
-        return Score(statistics.fmean(v for _, v in scores), details)
-
-    def score(self, model, processor, trial: optuna.Trial | None = None) -> Score:
-        label = f"trial_{trial.number:04d}" if trial is not None else "search"
-        return self._evaluate(model, processor, self.search_items, label, trial)
-
-    def holdout(self, model, processor) -> Score | None:
-        if not self.holdout_items:
-            return None
-        self._holdout_calls += 1
-        return self._evaluate(model, processor, self.holdout_items, f"holdout_{self._holdout_calls:02d}", None)
+            rated = [(self.rouge.score(item.answer, answer), None) for item, answer in zip(items, answers)]
+        else:
+            judgments, tally = self.judge.judge_many([judge_request(i, a) for i, a in zip(items, answers)])
+            rated = [(j.rating, None if j.rating is not None else (j.error or "no rating")) for j in judgments]
+        rows = [{"id": item.item_id, "category": item.category, "question": item.question, "answer": answer,
+                 "reference": item.answer, "score": value, **({"excluded_reason": why} if why else {})}
+                for item, answer, (value, why) in zip(items, answers, rated)]
+        ratings = [Rating(item, item.item_id, value, why) for item, (value, why) in zip(items, rated)]
+        return RatedChunk(ratings, {"answers.jsonl": rows}, tally)
