@@ -32,8 +32,9 @@ from task_vector_opt.merging.workspace import Workspace
 from task_vector_opt.errors import UsageError
 from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 from task_vector_opt.search.samplers import make_sampler
-from task_vector_opt.search.scale_first import (FACTOR_RANGE, ScaledSpace, ScaleStage, is_scale_name,
-                                                planned_space, scale_first_sampler, shape_distributions)
+from task_vector_opt.search.scale_first import (ScaledSpace, ScaleStage, is_scale_name, planned_space,
+                                                scale_first_sampler, shape_distributions, shape_sampler)
+from task_vector_opt.search.selection import ITEM_VALUES_ATTR, chosen_trial
 from task_vector_opt.search.space import SearchSpace, search_space
 from task_vector_opt.search.verdict import holdout_verdict
 
@@ -168,7 +169,7 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
 
 def space_of(config: RunConfig, ws: Workspace) -> SearchSpace | ScaledSpace:
     """What the sampler proposes for this run's groups (profile mode: knots; --scale_search: scales, then the
-    shape's parameters as factors)."""
+    shape's parameters as offsets from them)."""
     try:
         shape = search_space(ws.group_order, config.optimize_mode, config.profile_knots)
     except ValueError as exc:  # validation checks config.json; this catches a model whose config did not say
@@ -192,9 +193,8 @@ def open_search_study(config: RunConfig, storage: optuna.storages.BaseStorage, w
     def sampler(seed: int) -> optuna.samplers.BaseSampler:
         if stage is None:
             return make_sampler(config.sampler, seed, space.params, config.weight_min, config.weight_max)
-        low, high = FACTOR_RANGE  # the factors' middle is 1: CMA-ES starts at the best scale itself
-        inner = make_sampler(config.sampler, seed, space.shape.params, low, high)
-        return scale_first_sampler(inner, stage, shape_distributions(space, ws.densities))
+        return scale_first_sampler(lambda start: shape_sampler(config.sampler, seed, space, start), stage,
+                                   shape_distributions(space, ws.densities))
 
     first_trials = config.baseline_trials and not config.finalize
     # the scale stage's first trials (the baselines among them) are enqueued by whichever worker creates the study
@@ -229,6 +229,8 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
         with finite_logits_guard(ws.model):  # NaN/inf logits fail the trial (make_objective records why)
             result = evaluator.score(ws.model, ws.tokenizer, trial)
         items = {"items_scored": result.items_scored} if result.items_scored else {}
+        if stage is not None and result.item_values:  # what the rule for the best trial pairs (search.selection)
+            items[ITEM_VALUES_ATTR] = result.item_values
         return result.value, {**result.details, **items, **result.trial_attrs}
 
     try:
@@ -253,7 +255,7 @@ def items_scored(study: optuna.Study) -> int:
 
 
 def result_of(config: RunConfig, study: optuna.Study, space: SearchSpace | ScaledSpace | None = None) -> RunResult:
-    best = study.best_trial
+    best = chosen_trial(study.get_trials(deepcopy=False))
     weights = space.weights(best.params) if space is not None else dict(best.params)
     return RunResult(config.study_name, best.value, best.number, weights, best_params=dict(best.params),
                      search_baselines=baseline_values(study), items_scored=items_scored(study))
@@ -277,8 +279,8 @@ def save_best(config: RunConfig, ws: Workspace, study: optuna.Study, result: Run
 
 def holdout_candidates(study: optuna.Study, space: SearchSpace | ScaledSpace | list[str], top_k: int,
                        fixed: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """The target (w=0), plain addition (w=1) and the top-k trials by search score, best first, as the merger's
-    weights per group.
+    """The target (w=0), plain addition (w=1), the declared best trial (``search.selection``) and the top-k trials
+    by search score, as the merger's weights per group.
 
     A trial whose weights equal an earlier candidate's is scored once, under the earlier label. ``fixed``: the
     baselines' other parameters (densities).
@@ -288,9 +290,12 @@ def holdout_candidates(study: optuna.Study, space: SearchSpace | ScaledSpace | l
     fixed = fixed or {}
     candidates = {"w=0": {**dict.fromkeys(space.groups, 0.0), **fixed},
                   "w=1": {**dict.fromkeys(space.groups, 1.0), **fixed}}
-    ranked = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: t.value, reverse=True)
-    for trial in ranked[:top_k]:
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ranked = sorted(trials, key=lambda t: t.value, reverse=True)[:top_k]
+    if trials:
+        chosen = chosen_trial(trials)
+        ranked = [chosen, *(t for t in ranked if t.number != chosen.number)]
+    for trial in ranked:
         weights = space.weights(trial.params)
         if weights not in candidates.values():
             candidates[f"trial {trial.number}"] = weights
@@ -349,12 +354,12 @@ def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, An
 
 def search_parameters(config: RunConfig, result: RunResult) -> dict[str, Any]:
     """What the sampler proposed for the best trial, where it is not the weights themselves: the scales and the
-    shape's factors of --scale_search, or the knot weights of profile mode."""
+    shape's offsets of --scale_search, or the knot weights of profile mode."""
     if config.scale_first:
         scales = {k: v for k, v in result.best_params.items() if is_scale_name(k)}
-        factors = {k: v for k, v in result.best_params.items() if k not in scales and not k.startswith("density/")}
-        return {"scale_search": {"scales": scales, "factors": factors,
-                                 "rule": "weight = clip(scale of its vector * factor, weight_min, weight_max)"}}
+        offsets = {k: v for k, v in result.best_params.items() if k not in scales and not k.startswith("density/")}
+        return {"scale_search": {"scales": scales, "offsets": offsets,
+                                 "rule": "weight = clip(scale of its vector + offset, weight_min, weight_max)"}}
     if config.optimize_mode == "profile":
         return {"profile_knots": {k: v for k, v in result.best_params.items() if k.startswith("knot_")}}
     return {}

@@ -27,6 +27,10 @@ class PipelineExtras(TypedDict, total=False):
     moe: MoESettings
 
 
+# search.scale_first's shape rule: weight = clip(scale + offset), after the block design (search.blocks)
+SHAPE_RULE = "offsets+blocks"
+
+
 @dataclass
 class RunConfig:
     """Every input of a run. Fields that cannot change the merge or its score are marked outside_identity()
@@ -63,8 +67,11 @@ class RunConfig:
     search_only: bool = outside_identity(default=False)  # a worker that searches and saves nothing
     finalize: bool = outside_identity(default=False)  # no search: holdout and save
     save_on_interrupt: bool = outside_identity(default=False)
-    # --scale_search: the scale stage first, the shape's parameters as factors of its scale (off: as before)
+    # --scale_search: the scale stage first, the shape's parameters as offsets from its scale (off: as before)
     scale_first: bool = identity_when(lambda config: config.scale_first, default=False)
+    # how the scale-first shape stage reads its parameters: a study searched under another rule (the factors of
+    # earlier versions) is a different study, never resumed under this one
+    shape_rule: str = identity_when(lambda config: config.scale_first, default=SHAPE_RULE)
     # knots of --optimize_mode profile (0 in the other modes, where it changes nothing)
     profile_knots: int = identity_when(lambda config: config.optimize_mode == "profile", default=0)
     evaluator: EvaluatorSettings | None = None  # the pipeline's own evaluator settings

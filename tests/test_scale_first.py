@@ -13,7 +13,8 @@ import torch
 from optuna.trial import TrialState
 
 from task_vector_opt import engine
-from task_vector_opt.search.scale_first import FACTOR_RANGE, ScaledSpace, design, is_scale_name, refinement
+from task_vector_opt.search.scale_first import ScaledSpace, design, is_scale_name, refinement
+from task_vector_opt.search.selection import chosen_trial
 from task_vector_opt.search.space import search_space
 from task_vector_opt.search.study import FINISHED
 from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
@@ -84,27 +85,32 @@ def test_refinement_halves_the_distance_to_each_neighbour_of_the_best_point():
     assert refinement(two, 0.0, 2.0) == [(0.75, 0.0), (1.5, 0.0), (1.0, 0.5)]
 
 
-def test_a_scaled_space_multiplies_every_factor_by_its_vectors_scale_and_clips_to_the_range():
+def test_a_scaled_space_adds_every_offset_to_its_vectors_scale_and_clips_to_the_range():
     space = ScaledSpace(search_space(GROUPS, "profile", 2), 0.0, 2.0)
     assert space.params == ["scale", "knot_0", "knot_1", "embed_tokens", "norm", "lm_head"]
-    assert space.ranges(0.0, 2.0)["scale"] == (0.0, 2.0) and space.ranges(0.0, 2.0)["knot_0"] == FACTOR_RANGE
-    weights = space.weights({"scale": 0.1, "knot_0": 0.0, "knot_1": 2.0, "embed_tokens": 1.0, "norm": 0.5,
-                             "lm_head": 1.0})
-    assert weights["layer_00"] == 0.0 and weights["layer_04"] == pytest.approx(0.2)
-    assert weights["layer_02"] == pytest.approx(0.1) and weights["norm"] == pytest.approx(0.05)
-    assert space.weights({**space.uniform((1.5,)), "knot_1": 2.0})["layer_04"] == 2.0  # 3.0, clipped
+    assert space.ranges(0.0, 2.0)["scale"] == (0.0, 2.0) and space.ranges(0.0, 2.0)["knot_0"] == (-2.0, 2.0)
+    weights = space.weights({"scale": 0.1, "knot_0": -0.1, "knot_1": 1.9, "embed_tokens": 0.0, "norm": -0.5,
+                             "lm_head": 0.0})
+    assert weights["layer_00"] == 0.0 and weights["layer_04"] == pytest.approx(2.0)  # from 0.1 to the top end
+    assert weights["layer_02"] == pytest.approx(1.0) and weights["norm"] == 0.0  # knots interpolated; clipped at 0
+    assert space.weights({**space.uniform((0.0,)), "knot_1": 2.0})["layer_04"] == 2.0  # from scale 0 too
+    assert space.weights({**space.uniform((1.5,)), "knot_1": 2.0})["layer_04"] == 2.0  # 3.5, clipped
+    assert set(space.weights(space.uniform((0.7,))).values()) == {0.7}  # offset 0: the uniform scale itself
     several = ScaledSpace(search_space([f"v{v}/{g}" for v in (1, 2) for g in GROUPS], "layer"), 0.0, 2.0)
-    weights = several.weights({**several.uniform((0.5, 0.0)), "v1/layer_03": 2.0})
-    assert weights["v1/layer_03"] == 1.0 and weights["v1/norm"] == 0.5 and weights["v2/layer_03"] == 0.0
+    weights = several.weights({**several.uniform((0.5, 0.0)), "v1/layer_03": 1.0, "v2/layer_01": 1.5})
+    assert weights["v1/layer_03"] == 1.5 and weights["v1/norm"] == 0.5 and weights["v2/layer_03"] == 0.0
+    assert weights["v2/layer_01"] == 1.5  # a vector whose scale is 0 still gets any weight where it helps
+    wide = ScaledSpace(search_space(GROUPS, "layer"), -1.0, 3.0)
+    assert wide.ranges(-1.0, 3.0)["layer_00"] == (-4.0, 4.0)  # from either end to the other
 
 
 # ------------------------------------------------------------------------------------------------ end to end
 
 def test_the_default_search_tries_uniform_scales_first_then_the_shape_around_the_best(trio, tmp_path):
-    jglue_in_process(argv(trio, tmp_path, 13))
+    jglue_in_process(argv(trio, tmp_path, 22))
     study = load_study(tmp_path)
     trials = study.get_trials(states=FINISHED)
-    assert len(trials) == 13
+    assert len(trials) == 22
     scale_trials = [t for t in trials if t.user_attrs.get("stage") == "scale"]
     uniform = [uniform_value(t.user_attrs["weights"]) for t in scale_trials]
     assert None not in uniform  # every scale trial is a uniform weight
@@ -117,13 +123,20 @@ def test_the_default_search_tries_uniform_scales_first_then_the_shape_around_the
     refined = [t.params["scale"] for t in scale_trials[6:]]
     assert refined == [p[0] for p in expected] and all(abs(v - best_scale) <= 0.5 for v in refined)
     best_after = max(scale_trials, key=lambda t: t.value).params["scale"]
-    for trial in trials[len(scale_trials):]:  # the shape: factors of the best scale, proposed by CMA-ES
+    blocks = [t for t in trials if t.user_attrs.get("stage") == "blocks"]  # then the block design (test_shape_stage)
+    assert blocks and [t.number for t in blocks] == list(range(len(scale_trials), len(scale_trials) + len(blocks)))
+    sampled = trials[len(scale_trials) + len(blocks):]
+    assert sampled  # then the shape: offsets from the best scale, proposed by CMA-ES
+    for trial in [*blocks, *sampled]:
         assert trial.params["scale"] == best_after
+    for trial in sampled:
+        assert "stage" not in trial.user_attrs
         assert len({round(trial.params[k], 9) for k in ("knot_0", "knot_1", "knot_2", "knot_3")}) > 1
     recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
     assert recipe["inputs"]["scale_search"] == "on" and recipe["inputs"]["evaluator"]["objective"] == "task"
-    assert recipe["weights"] == ScaledSpace(search_space(GROUPS, "profile", 4), 0.0, 2.0).weights(
-        study.best_trial.params)
+    declared = chosen_trial(trials)  # the declared best (search.selection), not always the highest search score
+    assert recipe["weights"] == ScaledSpace(search_space(GROUPS, "profile", 4), 0.0, 2.0).weights(declared.params)
+    assert recipe["best"]["trial"] == declared.number
     assert "scale first" in recipe["search"] and "each task's own metric" in recipe["search"]
     for page in ("report.html", "README.md"):  # the report and the model card say what was searched
         text = (tmp_path / "out" / page).read_text()
@@ -168,7 +181,7 @@ def test_a_study_stopped_in_the_scale_stage_resumes_in_that_stage(trio, tmp_path
     assert [scales_of(t) for t in trials[:len(first)]] == first
     scale_end = len(first) + len(refinement_points)
     assert [list(scales_of(t)) for t in trials[len(first):scale_end]] == refinement_points  # went on with them
-    assert [t.user_attrs.get("stage") for t in trials] == ["scale"] * scale_end + [None] * 2
+    assert [t.user_attrs.get("stage") for t in trials] == ["scale"] * scale_end + ["blocks"] * 2  # then the blocks
     assert len({tuple(sorted(t.params.items())) for t in trials}) == n_trials  # nothing proposed twice
     recipe = json.loads((tmp_path / "out3" / "merge_recipe.json").read_text())
     assert "choice_prob" in recipe["search"] and "choice_prob" in (tmp_path / "out3" / "README.md").read_text()
@@ -204,8 +217,10 @@ def test_two_workers_share_the_scale_stage_and_then_the_shape(trio, tmp_path, ve
     refined = [tuple(p) for p in study.user_attrs["scale_stage_refinement"]]
     assert len(scale) == len(set(scale)) == len(first) + len(refined)  # design and refinement, each scored once
     assert set(scale) == set(first) | set(refined)
-    shape = [t for t in trials if "stage" not in t.user_attrs]
+    shape = [t for t in trials if t.user_attrs.get("stage") != "scale"]
     assert shape and all(scales_of(t) in set(scale) for t in shape)  # the shape around a scored scale point
+    labels = [t.user_attrs["design_point"] for t in shape if t.user_attrs.get("stage") == "blocks"]
+    assert labels and len(labels) == len(set(labels))  # the block design's points, each scored once
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
 
 

@@ -122,8 +122,11 @@ SEARCH_FLAGS = [
          "auto uses). Default: 4, or the number of layers when the model has fewer.", None, type=int),
     Flag("--scale_search", "Find each task vector's overall scale first, then the shape: 'on' tries one uniform "
          "weight per vector on a design over the whole --weight_min..--weight_max range (6 trials with one vector, "
-         "the baselines included, then 2 around the best), and the sampler then searches the shape's weights as factors "
-         "(0..2) of the best scale. 'auto' (default): on with --optimize_mode auto, off with a mode you name, "
+         "the baselines included, then 2 around the best), then a block design raises and drops one depth block at a time (2 trials "
+         "per block and 1 combining them), and the sampler then searches each layer group's offset from the best scale "
+         "(weight = clip(scale + offset), so any weight of the range is reachable in every group, from any scale, 0 "
+         "included). A shape trial is declared best only when it beats the best scale beyond the paired 95-percent interval "
+         "on the search items. 'auto' (default): on with --optimize_mode auto, off with a mode you name, "
          "so the original '--optimize_mode layer --optuna_sampler TPE' runs as it always did. "
          "Why: docs/en/search.md.", "auto", choices=("auto", "on", "off")),
     Flag("--optuna_sampler", "Optuna sampler: CMA-ES (the default; starts at w=1, plain addition, with a step of a "

@@ -279,7 +279,7 @@ def log_optimize_mode(requested: str) -> None:
     """Under --optimize_mode auto, one line on the mode it chose and why; logged once the inputs are all checked."""
     if requested == AUTO_MODE:
         log.info("--optimize_mode auto: profile (knots along depth for each vector, and each expert in the MoE "
-                 "scripts), searched as factors of each vector's scale found first; it measured best on every dense "
+                 "scripts), searched as offsets from each vector's scale found first; it measured best on every dense "
                  "testbed kind, one vector or two (docs/en/benchmarks.md, search benchmark); the MoE scripts use the "
                  "same path per expert, not benchmarked (their score needs an LLM judge)")
 

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from task_vector_opt.outputs.search_text import search_sentence
+from task_vector_opt.search.selection import chosen_trial
 from task_vector_opt.errors import UsageError, parse_one_line, run_cli
 from task_vector_opt.files import write_side_files
 
@@ -70,7 +71,7 @@ def study_view(study: optuna.Study) -> StudyView:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         raise ValueError(f"study {study.study_name!r} has no completed trial")
-    best = max(complete, key=lambda t: t.value)
+    best = chosen_trial(complete)  # the declared best (search.selection), as the run saved it
     order = _weight_order(complete)
     # profile mode keeps the merger's weights on each trial (user attr "weights"); other modes: the params
     weights = best.user_attrs.get("weights") or {name: best.params[name] for name in order if name in best.params}

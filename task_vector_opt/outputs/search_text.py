@@ -11,13 +11,13 @@ def objective_of(inputs: dict[str, Any]) -> str | None:
 
 
 def search_sentence(inputs: dict[str, Any]) -> str:
-    """E.g. "scale first (one uniform weight per vector over the whole range, then the shape as factors of the
-    best scale); searched on choice_prob (the mean probability of the right choice); held-out: each task's own
+    """E.g. "scale first (one uniform weight per vector over the whole range, then the shape as offsets from
+    the best scale); searched on choice_prob (the mean probability of the right choice); held-out: each task's own
     metric"."""
     parts = []
     if inputs.get("scale_search") == "on":
-        parts.append("scale first (one uniform weight per vector over the whole range, then the shape as factors "
-                     "of the best scale)")
+        parts.append("scale first (one uniform weight per vector over the whole range, then the shape as offsets "
+                     "from the best scale)")
     objective = objective_of(inputs)
     if objective == "choice_prob":
         parts.append("searched on choice_prob (the mean probability of the right choice); held-out: each task's "

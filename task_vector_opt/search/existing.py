@@ -68,7 +68,9 @@ def finished_best_trial(storage_url: str, study_name: str, n_trials: int) -> int
             study = optuna.load_study(study_name=study_name, storage=storage)
             if finished_trials(study) < n_trials:
                 return None
-            return study.best_trial.number
+            from task_vector_opt.search.selection import chosen_trial
+
+            return chosen_trial(study.get_trials(deepcopy=False)).number
         except (KeyError, ValueError):  # no such study; no completed trial
             return None
 

@@ -7,14 +7,17 @@ starts at w = 1 never looks. So the search runs in two stages over one parameter
    tried on a fixed design that spans the whole --weight_min..--weight_max range (values near both ends and 0
    included), then refined once around the best design point. These trials are enqueued (Optuna's own queue),
    so several workers share them and a resumed study continues where it stopped.
-2. **Shape.** The shape parameters (profile knots, or one per group) become *factors* of the scale found:
-   weight = clip(scale_v * factor, weight_min, weight_max), each factor in [0, 2]. The run's sampler
-   (CMA-ES by default, starting at factor 1: exactly the best scale) searches the factors; the scale stays
-   at the best scale-stage trial's.
+2. **Shape.** The shape parameters (profile knots, or one per group) become *offsets* from the scale found:
+   weight = clip(scale_v + offset, weight_min, weight_max), each offset in
+   [-(weight_max - weight_min), weight_max - weight_min], so every layer group can reach any weight of the range
+   whatever the scale (0 included). First a block design (``search.blocks``) raises and drops one depth block at
+   a time and combines the blocks' best levels; then the run's sampler searches the offsets (CMA-ES by default,
+   starting at the best design point, with the earlier defaults' step of 1/6 of the weight range). The scale
+   stays at the best scale-stage trial's.
 
-A scale-stage trial proposes factor 1 everywhere, so its weights are exactly uniform per vector. A trial's
+A scale-stage trial proposes offset 0 everywhere, so its weights are exactly uniform per vector. A trial's
 parameters alone give its weights (``ScaledSpace.weights``): the report, the holdout and --finalize need
-nothing else.
+nothing else. Which trial is declared best is ``search.selection``'s rule.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from optuna.trial import TrialState
 
+from task_vector_opt.search.samplers import make_sampler
+from task_vector_opt.search.blocks import COMBINED, DesignPoint, block_design, combination, depth_blocks
 from task_vector_opt.search.space import SearchSpace, local_name, owned, owner_of, search_space
 from task_vector_opt.search.study import BASELINES, FINISHED
 
@@ -34,10 +39,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FACTOR_RANGE = (0.0, 2.0)  # shape factors: the sampler's middle (CMA-ES's start) is 1, the scale itself
-STAGE_ATTR = "stage"  # trial user attr: "scale" for the scale stage's trials (baselines included)
+STAGE_ATTR = "stage"  # trial user attr: "scale" for the scale stage's trials (baselines included), "blocks"
 SCALE_STAGE = "scale"
+BLOCK_STAGE = "blocks"  # the block design's trials (search.blocks)
+POINT_ATTR = "design_point"  # trial user attr of a block-design trial: its label ("raise block 2")
 REFINEMENT_ATTR = "scale_stage_refinement"  # study user attr: the refinement's points, once the design has finished
+BLOCKS_ATTR = "block_design"  # study user attr: the block design's points, once the scale stage has finished
+COMBINATION_ATTR = "block_combination"  # study user attr: the combined point (or null), once the blocks finished
 # The design's uniform weights, as fractions of the range above max(--weight_min, 0) (one vector): 0.25, 0.5,
 # 0.1 and 2.0 for the default range, beside the baselines' 1 and 0. Near 0 and at the top end, so a vector far
 # too strong (best near 0.1) or too weak (best near 2) is found as surely as one close to plain addition.
@@ -58,9 +66,18 @@ def is_scale_name(name: str) -> bool:
     return name == "scale" or name.startswith("scale/")
 
 
+OFFSET_STEP = 1 / 12  # CMA-ES's first step over the offsets: 1/6 of the weight range (see shape_sampler)
+
+
+def offset_range(weight_min: float, weight_max: float) -> tuple[float, float]:
+    """A shape offset's range: from any scale in the weight range, any other weight of the range is reachable."""
+    span = weight_max - weight_min
+    return (-span, span)
+
+
 @dataclass(frozen=True)
 class ScaledSpace:
-    """A shape space (its parameters read as factors) times one scale per owner: per vector, per MoE expert."""
+    """A shape space (its parameters read as offsets) from one scale per owner: per vector, per MoE expert."""
 
     shape: SearchSpace
     weight_min: float
@@ -96,25 +113,30 @@ class ScaledSpace:
         return True
 
     def ranges(self, weight_min: float, weight_max: float) -> dict[str, tuple[float, float]]:
-        return {**dict.fromkeys(self.scales, (weight_min, weight_max)), **dict.fromkeys(self.shape.params, FACTOR_RANGE)}
+        offsets = offset_range(self.weight_min, self.weight_max)
+        return {**dict.fromkeys(self.scales, (weight_min, weight_max)), **dict.fromkeys(self.shape.params, offsets)}
 
     def weights(self, params: dict[str, float]) -> dict[str, float]:
-        """Every group's weight: its owner's scale times the shape's factor for it, clipped to the range;
+        """Every group's weight: its owner's scale plus the shape's offset for it, clipped to the range;
         other parameters (densities) pass through."""
-        factors = self.shape.weights({name: value for name, value in params.items() if name not in self.scales})
+        offsets = self.shape.weights({name: value for name, value in params.items() if name not in self.scales})
         groups = set(self.groups)
         weights = {}
-        for name, factor in factors.items():
+        for name, offset in offsets.items():
             if name in groups:
-                value = float(params[scale_name(owner_of(name))]) * factor
+                value = float(params[scale_name(owner_of(name))]) + offset
                 weights[name] = min(max(value, self.weight_min), self.weight_max)
             else:
-                weights[name] = factor
+                weights[name] = offset
         return weights
 
     def uniform(self, scales: tuple[float, ...]) -> dict[str, float]:
-        """The parameters of a scale-stage trial: these scales, every factor 1."""
-        return {**dict(zip(self.scales, scales, strict=True)), **dict.fromkeys(self.shape.params, 1.0)}
+        """The parameters of a scale-stage trial: these scales, every offset 0."""
+        return {**dict(zip(self.scales, scales, strict=True)), **dict.fromkeys(self.shape.params, 0.0)}
+
+    def with_offsets(self, scales: tuple[float, ...], offsets: dict[str, float]) -> dict[str, float]:
+        """The parameters of a block-design trial: these scales, these offsets, every other offset 0."""
+        return {**self.uniform(scales), **offsets}
 
 
 def _clip(value: float, low: float, high: float) -> float:
@@ -173,12 +195,14 @@ def refinement(tried: list[tuple[tuple[float, ...], float]], weight_min: float,
 
 
 class ScaleStage:
-    """Enqueues the scale stage's trials and tells which scale the shape stage uses.
+    """Enqueues the scale stage's trials and the block design's, and tells which scale the shape stage uses.
 
-    The stage's points are the baselines (w = 1, then w = 0), the design, then the refinement around the best
-    design point (computed once, when every design trial has finished, and kept in the study). They are enqueued
-    a few at a time, never more than the run's --n_trials leaves room for, so a study stopped at its budget holds
-    no waiting trials, and a rerun with more trials goes on in the stage where it stopped."""
+    The scale stage's points are the baselines (w = 1, then w = 0), the design, then the refinement around the
+    best design point (computed once, when every design trial has finished, and kept in the study). When the
+    whole scale stage has finished, the block design (``search.blocks``) is decided from its best scale, and when
+    the design's trials have finished, their combination. Each decision is kept in the study's user attrs, so
+    workers share it and a resumed study goes on where it stopped. Points are enqueued a few at a time, never more
+    than the run's --n_trials leaves room for, so a study stopped at its budget holds no waiting trials."""
 
     def __init__(self, space: ScaledSpace, baselines: bool, fixed: dict[str, float] | None = None,
                  n_trials: int = 0):
@@ -186,6 +210,7 @@ class ScaleStage:
         self.baselines = baselines
         self.fixed = fixed or {}  # parameters every scale trial shares (the densities of a sparsifying merge)
         self.n_trials = n_trials
+        self.blocks = depth_blocks(space.shape)
 
     def first_points(self) -> list[tuple[float, ...]]:
         """The baselines and the design, in the order they are scored."""
@@ -200,8 +225,15 @@ class ScaleStage:
                 attrs["baseline"] = label
         study.enqueue_trial({**self.space.uniform(scales), **self.fixed}, user_attrs=attrs)
 
+    def _enqueue_block(self, study: optuna.Study, scales: tuple[float, ...], point: DesignPoint) -> None:
+        study.enqueue_trial({**self.space.with_offsets(scales, point.offsets), **self.fixed},
+                            user_attrs={STAGE_ATTR: BLOCK_STAGE, POINT_ATTR: point.label})
+
     def scale_trials(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(STAGE_ATTR) == SCALE_STAGE]
+
+    def block_trials(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(STAGE_ATTR) == BLOCK_STAGE]
 
     def _scales(self, trial: optuna.trial.FrozenTrial) -> tuple[float, ...]:
         """A scale trial's scales; a waiting one holds them as its fixed (enqueued) parameters."""
@@ -214,40 +246,62 @@ class ScaleStage:
 
     def start(self, study: optuna.Study) -> None:
         """On a new study, by the worker that created it: the baselines and the design, as far as --n_trials goes."""
-        self._top_up(study, self.first_points())
+        self._top_up(study)
 
     def resume(self, study: optuna.Study) -> None:
-        """When a run starts on a study that has finished trials: what the stage still misses (the rest of the
-        design or of the refinement, when an earlier run's --n_trials stopped it), and the refinement itself when
-        the design finished without it. A fresh study is left to its creator (``start``), so that workers starting
-        together do not enqueue its points twice."""
+        """When a run starts on a study that has finished trials: what the stages still miss (the rest of a design,
+        when an earlier run's --n_trials stopped it), and each decision that an earlier run did not get to. A fresh
+        study is left to its creator (``start``), so that workers starting together do not enqueue its points
+        twice."""
         if not any(t.state in FINISHED for t in study.get_trials(deepcopy=False)):
             return
         self._refine(study, None)
-        self._top_up(study, self._planned(study))
+        self._decide_blocks(study, None)
+        self._decide_combination(study, None)
+        self._top_up(study)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Optuna callback: when the design's last trial has finished, decide and enqueue the refinement."""
-        if self._refine(study, trial):
-            self._top_up(study, self._planned(study))
+        """Optuna callback: when a stage's last trial has finished, decide and enqueue what follows it."""
+        decided = self._refine(study, trial)
+        decided |= self._decide_blocks(study, trial)
+        decided |= self._decide_combination(study, trial)
+        if decided:
+            self._top_up(study)
 
     def _planned(self, study: optuna.Study) -> list[tuple[float, ...]]:
         return self.first_points() + [tuple(p) for p in study.user_attrs.get(REFINEMENT_ATTR) or []]
 
+    def _planned_blocks(self, study: optuna.Study) -> tuple[tuple[float, ...], list[DesignPoint]]:
+        """The block design's scales and points, the combination last (none before they are decided)."""
+        decided = study.user_attrs.get(BLOCKS_ATTR)
+        if not decided:
+            return (), []
+        points = [DesignPoint(label, offsets) for label, offsets in decided["points"]]
+        combined = study.user_attrs.get(COMBINATION_ATTR)
+        if combined:
+            points.append(DesignPoint(*combined))
+        return tuple(decided["scales"]), points
+
+    @staticmethod
+    def _all_finished(trials: list[optuna.trial.FrozenTrial], trial: optuna.trial.FrozenTrial | None) -> bool:
+        """Every one of ``trials`` finished (or failed), and ``trial`` (the callback's) is the last of them to
+        finish: with several workers exactly one decides what follows (all see the same finished trials once none
+        is pending)."""
+        if any(t.state not in (*FINISHED, TrialState.FAIL) for t in trials):
+            return False
+        if trial is not None and trials:
+            last = max(trials, key=lambda t: (t.datetime_complete or datetime.min, t.number))
+            return last.number == trial.number
+        return True
+
     def _refine(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> bool:
-        """Decide the refinement once the design has finished. With several workers exactly one decides: the one
-        whose design trial finished last (all see the same finished trials once none is pending)."""
+        """Decide the refinement once the design has finished."""
         if REFINEMENT_ATTR in study.user_attrs:
             return False
         first = set(self.first_points())
         design = [t for t in self.scale_trials(study) if self._scales(t) in first]
-        if {self._scales(t) for t in design} != first or any(t.state not in (*FINISHED, TrialState.FAIL)
-                                                             for t in design):
+        if {self._scales(t) for t in design} != first or not self._all_finished(design, trial):
             return False
-        if trial is not None:
-            last = max(design, key=lambda t: (t.datetime_complete or datetime.min, t.number))
-            if last.number != trial.number:
-                return False
         points = refinement(self.tried(study), self.space.weight_min, self.space.weight_max)
         study.set_user_attr(REFINEMENT_ATTR, [list(p) for p in points])
         if points:
@@ -255,16 +309,57 @@ class ScaleStage:
                      ", ".join("(" + ", ".join(f"{v:g}" for v in p) + ")" for p in points))
         return True
 
-    def _top_up(self, study: optuna.Study, planned: list[tuple[float, ...]]) -> None:
-        """Enqueue the planned points no trial holds yet, as many as the run's --n_trials leaves room for."""
+    def _decide_blocks(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> bool:
+        """Decide the block design once the whole scale stage (design and refinement) has finished."""
+        if BLOCKS_ATTR in study.user_attrs or REFINEMENT_ATTR not in study.user_attrs:
+            return False
+        planned = set(self._planned(study))
+        stage = [t for t in self.scale_trials(study) if self._scales(t) in planned]
+        if {self._scales(t) for t in stage} != planned or not self._all_finished(stage, trial):
+            return False
+        scales = self.best_scales(study)
+        points = block_design(self.blocks, dict(zip(self.space.owners, scales, strict=True)),
+                              self.space.weight_min, self.space.weight_max)
+        study.set_user_attr(BLOCKS_ATTR, {"scales": list(scales), "points": [[p.label, p.offsets] for p in points]})
+        if points:
+            log.info("shape stage: block design around scale %s: %s", scales, ", ".join(p.label for p in points))
+        return True
+
+    def _decide_combination(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> bool:
+        """Decide the blocks' combination once every block-design trial has finished."""
+        if COMBINATION_ATTR in study.user_attrs or BLOCKS_ATTR not in study.user_attrs:
+            return False
+        _scales, points = self._planned_blocks(study)
+        labels = {p.label for p in points}
+        design = [t for t in self.block_trials(study) if t.user_attrs.get(POINT_ATTR) in labels]
+        if {t.user_attrs.get(POINT_ATTR) for t in design} != labels or not self._all_finished(design, trial):
+            return False
+        scores = {t.user_attrs[POINT_ATTR]: t.value for t in design
+                  if t.state == TrialState.COMPLETE and t.value is not None}
+        kept = max((value for _, value in self.tried(study)), default=-math.inf)
+        combined = combination(points, scores, kept)
+        study.set_user_attr(COMBINATION_ATTR, [combined.label, combined.offsets] if combined else None)
+        if combined:
+            log.info("shape stage: %s: %s", COMBINED, ", ".join(f"{n} {v:+g}" for n, v in combined.offsets.items()))
+        return True
+
+    def _top_up(self, study: optuna.Study) -> None:
+        """Enqueue the planned points no trial holds yet, as many as the run's --n_trials leaves room for: the
+        scale stage's first, then the block design's."""
         trials = study.get_trials(deepcopy=False)
         existing = {self._scales(t) for t in trials if t.user_attrs.get(STAGE_ATTR) == SCALE_STAGE}
-        missing = [p for p in planned if p not in existing]
+        missing_scales = [p for p in self._planned(study) if p not in existing]
+        labels = {t.user_attrs.get(POINT_ATTR) for t in trials if t.user_attrs.get(STAGE_ATTR) == BLOCK_STAGE}
+        block_scales, points = self._planned_blocks(study)
+        missing_points = [p for p in points if p.label not in labels]
         busy = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
         finished = sum(t.state in FINISHED for t in trials)
-        room = self.n_trials - finished - busy if self.n_trials else len(missing)
-        for point in missing[:max(room, 0)]:
+        room = self.n_trials - finished - busy if self.n_trials else len(missing_scales) + len(missing_points)
+        for point in missing_scales[:max(room, 0)]:
             self._enqueue(study, point)
+        room -= len(missing_scales)
+        for point in missing_points[:max(room, 0)]:
+            self._enqueue_block(study, block_scales, point)
 
     def best_scales(self, study: optuna.Study) -> tuple[float, ...]:
         """The scales of the best finished scale-stage trial (w = 1, clipped, before any has finished)."""
@@ -273,56 +368,95 @@ class ScaleStage:
             return tuple(_clip(1.0, self.space.weight_min, self.space.weight_max) for _ in self.space.scales)
         return max(tried, key=lambda item: item[1])[0]
 
+    def shape_start(self, study: optuna.Study) -> dict[str, float]:
+        """Where the shape sampler starts: the offsets of the best design trial (scale stage and block design) by
+        the run's rule for the best trial (``search.selection``); 0 everywhere (the best scale) when it is a scale
+        trial."""
+        from task_vector_opt.search.selection import chosen_trial
 
-def scale_first_sampler(inner: optuna.samplers.BaseSampler, stage: ScaleStage,
+        start = dict.fromkeys(self.space.shape.params, 0.0)
+        design = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get(STAGE_ATTR) in (SCALE_STAGE, BLOCK_STAGE)]
+        if not design:
+            return start
+        best = chosen_trial(design)
+        if best.user_attrs.get(STAGE_ATTR) == BLOCK_STAGE and self._scales(best) == self.best_scales(study):
+            start.update({name: float(best.params[name]) for name in start if name in best.params})
+        return start
+
+
+def shape_sampler(name: str, seed: int, space: ScaledSpace, start: dict[str, float]) -> optuna.samplers.BaseSampler:
+    """The sampler of the shape stage's offsets: CMA-ES starts at ``start`` (the best design point) with the
+    earlier defaults' step, 1/6 of the weight range; the others search the offsets' whole range."""
+    import warnings
+
+    import optuna
+
+    if name == "CMA-ES":
+        with warnings.catch_warnings():  # x0 is deprecated in Optuna 4.9+, still supported (see search.samplers)
+            warnings.simplefilter("ignore")
+            # Optuna's CMA-ES reads sigma0 on the parameters scaled to [0, 1]: the offsets' range is twice the
+            # weight range, so a sixth of the weight range is 1/12 there
+            return optuna.samplers.CmaEsSampler(x0=start, sigma0=OFFSET_STEP, seed=seed)
+    low, high = offset_range(space.weight_min, space.weight_max)
+    return make_sampler(name, seed, space.shape.params, low, high)
+
+
+def scale_first_sampler(make_inner: Callable[[dict[str, float]], optuna.samplers.BaseSampler], stage: ScaleStage,
                         shape_distributions: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    """The run's sampler for the shape stage. Scale-stage trials are enqueued (their parameters are fixed); for
-    every other trial the inner sampler searches the factors (and densities) as one relative space, and each
-    scale is the best scale-stage trial's."""
+    """The run's sampler for the shape stage. Scale-stage and block-design trials are enqueued (their parameters
+    are fixed); for every other trial the inner sampler searches the offsets (and densities) as one relative
+    space, and each scale is the best scale-stage trial's. The inner sampler is made at the first such trial,
+    from where the design ended (``make_inner(stage.shape_start(study))``)."""
     import optuna
 
     class ScaleFirstSampler(optuna.samplers.BaseSampler):
         def __init__(self) -> None:
-            self.inner = inner
+            self.inner: optuna.samplers.BaseSampler | None = None
+
+        def _inner(self, study) -> optuna.samplers.BaseSampler:
+            if self.inner is None:
+                self.inner = make_inner(stage.shape_start(study))
+            return self.inner
 
         def reseed_rng(self) -> None:
-            self.inner.reseed_rng()
+            if self.inner is not None:
+                self.inner.reseed_rng()
 
         def infer_relative_search_space(self, study, trial):
-            if trial.user_attrs.get(STAGE_ATTR) == SCALE_STAGE:
+            if trial.user_attrs.get(STAGE_ATTR) in (SCALE_STAGE, BLOCK_STAGE):
                 return {}
             return dict(shape_distributions)
 
         def sample_relative(self, study, trial, search_space):
             if not search_space:
                 return {}
-            return self.inner.sample_relative(study, trial, search_space)
+            return self._inner(study).sample_relative(study, trial, search_space)
 
         def sample_independent(self, study, trial, param_name, param_distribution):
             if param_name in stage.space.scales:
                 return stage.best_scales(study)[stage.space.scales.index(param_name)]
-            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+            return self._inner(study).sample_independent(study, trial, param_name, param_distribution)
 
         def before_trial(self, study, trial) -> None:
-            self.inner.before_trial(study, trial)
+            if self.inner is not None:
+                self.inner.before_trial(study, trial)
 
         def after_trial(self, study, trial, state, values) -> None:
-            self.inner.after_trial(study, trial, state, values)
+            if self.inner is not None:
+                self.inner.after_trial(study, trial, state, values)
 
     return ScaleFirstSampler()
 
 
 def shape_distributions(space: ScaledSpace, stepped: dict[str, tuple[float, float, float]] | None = None):
-    """Optuna distributions of the shape stage's relative space: every factor, then the densities."""
+    """Optuna distributions of the shape stage's relative space: every offset, then the densities."""
     from optuna.distributions import FloatDistribution
 
-    out = {name: FloatDistribution(*FACTOR_RANGE) for name in space.shape.params}
+    out = {name: FloatDistribution(*offset_range(space.weight_min, space.weight_max)) for name in space.shape.params}
     for name, (low, high, step) in (stepped or {}).items():
         out[name] = FloatDistribution(low, high, step=step)
     return out
-
-
-
 
 
 def planned_space(groups: list[str], n_vectors: int, mode: str, n_knots: int, scale_first: bool, weight_min: float,

@@ -336,7 +336,7 @@ def make_objective(param_names: list[str], weight_min: float, weight_max: float,
     ``to_weights`` turns the proposed parameters into the merger's weights (profile mode: knots -> layer
     weights); those weights are then kept on the trial as the user attr ``weights``, so the report shows them.
     ``stepped``: more parameters, each {name: (low, high, step)} (e.g. densities on their grid), passed on as
-    proposed. ``ranges``: {name: (low, high)} of parameters whose range is not the weights' (the factors of the
+    proposed. ``ranges``: {name: (low, high)} of parameters whose range is not the weights' (the offsets of the
     scale-first search).
     """
 
