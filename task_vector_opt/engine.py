@@ -139,8 +139,7 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
     evaluator = make_evaluator(config)
     log.info("study %s in %s", config.study_name, redact(config.storage))
     ws = prepare_workspace(config)
-    if hasattr(evaluator, "follow"):  # a backend with its own copy of the weights (vLLM) pushes what merges rewrite
-        evaluator.follow(ws.merger)
+    evaluator.follow(ws.merger)  # a backend with its own copy of the weights (vLLM) pushes what merges rewrite
 
     space = space_of(config, ws)
     study = open_search_study(config, storage, ws, evaluator, space)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from task_vector_opt import engine
 from task_vector_opt.cli.flags import parse_namespace
-from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.protocol import Evaluator, Score
 from task_vector_opt.cli.pipelines import JGLUE
 from task_vector_opt.search.study import FINISHED, make_objective, open_storage, run_search
 from task_vector_opt.cli.validation import validate
@@ -27,7 +27,7 @@ from tiny_models import make_trio
 N_TRIALS = 6
 
 
-class FaultyEvaluator:
+class FaultyEvaluator(Evaluator):
     """Scores the live model by a smooth function of its weights; trial numbers in ``faults`` misbehave."""
 
     pruner = None  # trials run to the end

@@ -40,7 +40,7 @@ from task_vector_opt.evaluation.lm_eval_tasks.scoring import higher_is_better, p
 from task_vector_opt.evaluation.lm_eval_tasks.table import family_of_task
 from task_vector_opt.evaluation.lm_eval_tasks.task_list import TASKS_FLAG, normalized_weights, parse_task_list, \
     per_task_ints
-from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.protocol import Evaluator, EvaluatorSettings, Score
 from task_vector_opt.evaluation.scorers import DEFAULT_SCORER, parse_scorer
 from task_vector_opt.identity import identity_when, outside_identity
 from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
@@ -60,7 +60,7 @@ SUBSET_ATTR = "item_subset"  # study user attr: the chosen subset (ItemSubset.to
 # ---------------------------------------------------------------------------------------------- settings
 
 @dataclass
-class JGLUESettings:
+class JGLUESettings(EvaluatorSettings):
     """Everything the JGLUE evaluator needs, as plain JSON-serializable data (dataclasses.asdict)."""
 
     tasks: list[str]  # as given in --jglue_tasks (display names)
@@ -232,7 +232,7 @@ class TaskRun:
     objective: str = TASK_METRIC  # what the search scores this task on (the holdout: always its metric)
 
 
-class JGLUEEvaluator:
+class JGLUEEvaluator(Evaluator):
     """lm-eval tasks on the live model; see the module docstring."""
 
     def __init__(self, settings: JGLUESettings, work_dir: Path):

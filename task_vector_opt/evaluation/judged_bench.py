@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from abc import abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import optuna
 
 from task_vector_opt.errors import TrialFailure, UsageError
 from task_vector_opt.evaluation.judges.judgment import JudgeTally
-from task_vector_opt.evaluation.protocol import Score
+from task_vector_opt.evaluation.protocol import Evaluator, EvaluatorSettings, Score
 from task_vector_opt.evaluation.vllm_backend import VLLMEngine, check_backend_flags
 from task_vector_opt.files import write_jsonl_atomic
 from task_vector_opt.identity import identity_when, outside_identity
@@ -38,7 +39,7 @@ class JudgeFailure(TrialFailure):
 
 
 @dataclass(kw_only=True)
-class JudgedLoopSettings:
+class JudgedLoopSettings(EvaluatorSettings):
     """The loop's settings, shared by every judged bench's settings (fields of the same names in the study)."""
 
     # items per chunk; the running mean is reported after each, so it matters only to the pruner
@@ -50,6 +51,9 @@ class JudgedLoopSettings:
     # hf (transformers generate) or vllm; the study counts it only when it is not hf (older studies resume)
     generation_backend: str = identity_when(lambda settings: settings.generation_backend != "hf", default="hf")
     vllm_gpu_memory_utilization: float = outside_identity(default=0.5)  # memory, never an answer
+
+    def gpu_memory_share(self) -> float:
+        return self.vllm_gpu_memory_utilization if self.generation_backend == "vllm" else 0.0
 
 
 def loop_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,7 +88,7 @@ class RatedChunk:
     tally: JudgeTally | None = None  # what the judge calls cost (None: no judge, e.g. ROUGE-L)
 
 
-class JudgedBenchEvaluator:
+class JudgedBenchEvaluator(Evaluator):
     """score / holdout / follow for a bench whose items are answered by the live model and rated one by one."""
 
     item_noun = "items"  # "... after 8 items"
@@ -104,12 +108,12 @@ class JudgedBenchEvaluator:
         self.vllm = (VLLMEngine(settings.vllm_gpu_memory_utilization)
                      if settings.generation_backend == "vllm" else None)
 
+    @abstractmethod
     def rate_chunk(self, model: Any, tokenizer: Any, items: list[Any]) -> RatedChunk:
         """Answer ``items`` with the live model and rate each answer."""
-        raise NotImplementedError
 
     def follow(self, merger: Any) -> None:
-        """engine.run hands over the merger: the vLLM backend pushes the tensors each merge rewrites."""
+        """The vLLM backend pushes the tensors each merge rewrites into its own copy of the weights."""
         if self.vllm is not None:
             self.vllm.follow(merger)
 

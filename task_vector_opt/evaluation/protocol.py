@@ -1,12 +1,14 @@
-"""Scorers behind one small interface: score(model, tokenizer, trial) -> Score.
+"""What the engine calls on a scorer: the Evaluator base and the Score it returns.
 
-Expensive set-up (tasks, questions, judge clients) happens in the constructor,
-once per run; ``score`` is called once per trial on the live, merged model.
+Expensive set-up (tasks, questions, judge clients) happens in the constructor, once per run; ``score`` is
+called once per trial on the live, merged model. Every hook the engine calls is declared here, so the engine
+never asks an evaluator what it has.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -27,15 +29,33 @@ class Score:
     trial_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-class Evaluator(Protocol):
-    # An Optuna pruner for the running scores ``score`` reports, or None: every trial runs to the end.
-    pruner: optuna.pruners.BasePruner | None
+class Evaluator(ABC):
+    """A scorer the engine runs: subclasses define ``score`` and ``describe``; the other hooks have defaults."""
 
+    # An Optuna pruner for the running scores ``score`` reports, or None: every trial runs to the end.
+    pruner: optuna.pruners.BasePruner | None = None
+
+    @abstractmethod
     def score(self, model: Any, tokenizer: Any, trial: Any | None = None) -> Score:
         """Score the live model on the search split; may report intermediate values to ``trial`` for pruning."""
 
     def holdout(self, model: Any, tokenizer: Any) -> Score | None:
-        """Score the live model on held-out data, or None when the run has no holdout."""
+        """Score the live model on held-out data, or None when the run has no holdout (the default)."""
+        return None
 
+    @abstractmethod
     def describe(self) -> str:
         """One line for the plan / summary: what is scored and how."""
+
+    def follow(self, merger: Any) -> None:
+        """Called once, after the workspace is ready and before the first trial, with the run's merger. A backend
+        that holds its own copy of the weights (vLLM) keeps it in step with each merge; the default does nothing."""
+
+
+class EvaluatorSettings:
+    """The base of every evaluator's settings (dataclasses): what the other stages may ask of them."""
+
+    def gpu_memory_share(self) -> float:
+        """The share of the GPU's memory the evaluator's answering backend takes for itself (vLLM's
+        --vllm_gpu_memory_utilization); memory placement leaves it free. 0 by default: no such backend."""
+        return 0.0

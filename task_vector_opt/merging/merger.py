@@ -8,7 +8,7 @@ sparsifying method (TIES, DARE) go through task_vector_opt.merging.methods.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -17,16 +17,17 @@ from task_vector_opt.merging.methods import (DENSITY_GRID, MergeSettings, ParamN
                                              magnitude_thresholds, snap_density, write_combined)
 from task_vector_opt.merging.task_vector import VectorEntry
 
+if TYPE_CHECKING:
+    from task_vector_opt.evaluation.protocol import EvaluatorSettings
+
 TensorSetting = float | tuple  # one vector, task arithmetic: its weight; otherwise (weights, densities)
 HOST_RESERVE = 0.25  # of a model's size, kept free for activations when placing the copies on the GPU
 
 
-def gpu_share(evaluator_settings: Any) -> float:
-    """The share of the GPU's memory a vLLM engine takes for itself (0 with the hf backend, or an evaluator
-    without one): memory placement leaves it free for the engine (--vllm_gpu_memory_utilization)."""
-    if getattr(evaluator_settings, "generation_backend", "hf") != "vllm":
-        return 0.0
-    return float(evaluator_settings.vllm_gpu_memory_utilization)
+def gpu_share(evaluator_settings: EvaluatorSettings | None) -> float:
+    """The share of the GPU's memory the evaluator's answering backend takes for itself (vLLM's
+    --vllm_gpu_memory_utilization; 0 with the hf backend or no evaluator): memory placement leaves it free."""
+    return 0.0 if evaluator_settings is None else float(evaluator_settings.gpu_memory_share())
 
 
 @torch.no_grad()
