@@ -19,3 +19,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_runtest_setup(item):
+    """A test marked vision fails, never skips, where torchvision is missing: scripts/test.sh runs those tests in
+    .venv-vision (bash scripts/setup.sh vision), and .venv deselects them with -m "not vision"."""
+    if item.get_closest_marker("vision") is not None:
+        try:
+            import torchvision  # noqa: F401
+        except ImportError as error:
+            pytest.fail(f"{sys.executable} cannot import torchvision ({error}), which this test needs (Qwen2-VL's "
+                        "processor): run it "
+                        "with .venv-vision/bin/python -m pytest -m vision (bash scripts/setup.sh vision makes it), "
+                        "or deselect it with -m 'not vision'", pytrace=False)

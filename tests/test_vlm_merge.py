@@ -86,7 +86,9 @@ def test_the_saved_vlm_loads_with_its_own_and_the_auto_class_with_the_scored_wei
     vector = build_task_vector(model, vlm_trio["base"], vlm_trio["tuned"], dtype=torch.float32, store_device="cpu")
     merger = Merger(model, vector, group_names(list(vector), "layer"), "cpu")
     merger.apply({group: 1.3 for group in ordered_groups(merger.groups)})
-    if vlm_trio["arch"] == "qwen2":  # no torchvision here for Qwen2-VL's processor: the model and tokenizer only
+    # no torchvision in .venv for Qwen2-VL's processor: the model only (tests/test_vlm_qwen2_vl.py, marked vision,
+    # saves it whole with its processor in .venv-vision)
+    if vlm_trio["arch"] == "qwen2":
         model.save_pretrained(tmp_path / "out")
     else:
         save_model(model, tokenizer, tmp_path / "out", overwrite=False, extra_files={"note.txt": "x"})

@@ -53,8 +53,11 @@ def make_llava(directory: Path, vocab_size: int = 256, seed: int = 5, text_arch:
     return directory
 
 
-def make_qwen2_vl(directory: Path, vocab_size: int = 256, seed: int = 6) -> Path:
-    """A Qwen2-VL-style VLM: a 1-block vision transformer with 2x2 patch merging, Qwen2 LM."""
+def make_qwen2_vl(directory: Path, vocab_size: int = 256, seed: int = 6, processor: bool = False) -> Path:
+    """A Qwen2-VL-style VLM: a 1-block vision transformer with 2x2 patch merging, Qwen2 LM. With processor=True it
+    is saved with the real Qwen2VLProcessor, which needs torchvision (its video processor): the tests marked vision,
+    which scripts/test.sh runs in .venv-vision. Without, the tokenizer and the image processor are saved on their
+    own, enough to load and merge the model where torchvision is missing."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     tokenizer = make_tokenizer(vocab_size)
@@ -72,10 +75,17 @@ def make_qwen2_vl(directory: Path, vocab_size: int = 256, seed: int = 6) -> Path
     _randomize(model, seed)
     image_processor = Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE,
                                             patch_size=14, merge_size=2, temporal_patch_size=2)
-    # Qwen2VLProcessor needs torchvision (its video processor), which this project does not install: the tokenizer
-    # and the image processor are saved on their own, enough to load and merge the model.
-    tokenizer.chat_template = CHAT_TEMPLATE.replace("{IMAGE}", "<|vision_start|><|image_pad|><|vision_end|>")
+    chat_template = CHAT_TEMPLATE.replace("{IMAGE}", "<|vision_start|><|image_pad|><|vision_end|>")
     model.save_pretrained(directory)
+    if processor:
+        from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+        video_processor = Qwen2VLVideoProcessor(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE,
+                                                patch_size=14, merge_size=2, temporal_patch_size=2)
+        Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                         chat_template=chat_template).save_pretrained(directory)
+        return directory
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(directory)
     image_processor.save_pretrained(directory)
     return directory
