@@ -245,7 +245,15 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
 
 
 def completed(study: optuna.Study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    """Whether the study has a completed trial. Read once more when the first read fails: a Ctrl-C that lands
+    inside a storage write leaves the session's transaction broken, and the failed read rolls it back."""
+    for attempt in range(2):
+        try:
+            return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        except optuna.exceptions.StorageInternalError:
+            if attempt:
+                raise
+    return False
 
 
 def items_scored(study: optuna.Study) -> int:

@@ -265,7 +265,7 @@ def test_scaled_profiles_of_several_vectors_give_exactly_the_merge_their_weights
          **dict.fromkeys(merger.density_names(), 0.8)}
     weights_b = space.weights(b)
     assert set(weights_b) == set(merger.weight_names()) | set(merger.density_names())
-    assert weights_b["v2/layer_00"] == pytest.approx(0.4 * b["v2/knot_0"])  # the first layer sits on the first knot
+    assert weights_b["v2/layer_00"] == pytest.approx(0.4 + b["v2/knot_0"])  # the first layer sits on the first knot
     merger.apply(space.weights(a))
     merger.apply(weights_b)
     fresh_model, fresh = merger_over(models, ["ft1", "ft2"], settings, target="ft3", mode="profile")
