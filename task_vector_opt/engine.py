@@ -237,11 +237,28 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
                    make_objective(space.params, config.weight_min, config.weight_max, score,
                                   space.weights if space.derives_weights else None, ws.densities,
                                   space.ranges(config.weight_min, config.weight_max)), callbacks, done)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not ctrl_c_behind(exc):
+            raise
         if config.save_on_interrupt and completed(study):
             log.warning("interrupted: saving the best trial so far (--save_on_interrupt); Ctrl-C again to abandon")
             save_best(config, ws, study, result_of(config, study, space))
-        raise
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise KeyboardInterrupt from exc
+
+
+def ctrl_c_behind(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a Ctrl-C, or an error raised while one was being handled: a Ctrl-C that lands inside
+    Optuna's own bookkeeping of a trial (its storage write) comes out as that code's next error, with the
+    KeyboardInterrupt as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def completed(study: optuna.Study) -> bool:

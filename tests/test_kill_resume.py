@@ -182,3 +182,22 @@ def test_ctrl_c_exits_cleanly_and_saves_only_when_asked(trio, tmp_path, save):
         assert recipe["best"] == {"trial": study.best_trial.number, "score": study.best_value}
     else:
         assert not (tmp_path / "out").exists()
+
+
+def test_a_ctrl_c_inside_optunas_bookkeeping_still_counts_as_ctrl_c():
+    """Optuna's trial bookkeeping can turn a Ctrl-C that lands in its storage write into its own next error
+    (seen: UnboundLocalError, StorageInternalError); the engine still sees the Ctrl-C behind it."""
+    from task_vector_opt.engine import ctrl_c_behind
+
+    def bookkeeping():
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise UnboundLocalError("cannot access local variable 'updated_state'")
+
+    with pytest.raises(UnboundLocalError) as caught:
+        bookkeeping()
+    assert ctrl_c_behind(caught.value)
+    assert ctrl_c_behind(KeyboardInterrupt())
+    assert not ctrl_c_behind(UnboundLocalError("a plain bug"))
+    assert not ctrl_c_behind(RuntimeError("wrapped", ValueError()))
