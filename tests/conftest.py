@@ -32,3 +32,13 @@ def pytest_runtest_setup(item):
                         "processor): run it "
                         "with .venv-vision/bin/python -m pytest -m vision (bash scripts/setup.sh vision makes it), "
                         "or deselect it with -m 'not vision'", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def judge_server():
+    """The loopback OpenAI/Anthropic-compatible judge server (tests/judge_server.py), one per test module."""
+    from judge_server import JudgeServer
+
+    server = JudgeServer().start()
+    yield server
+    server.stop()

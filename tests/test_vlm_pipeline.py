@@ -1,25 +1,19 @@
 """End to end on a tiny LLaVA: two trials through run_merge_vlm.sh with each metric (the judge on the loopback
 server), and the JGLUE script with the VLM as its target. The saved VLM is exactly the scored one."""
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
-import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from task_vector_opt.evaluation.vlm_bench import JUDGE_SYSTEM, JapaneseRougeL
-from task_vector_opt.merging.grouping import group_names
-from task_vector_opt.merging.models import WeightFiles
-from task_vector_opt.merging.vlm import checkpoint_name
 from task_vector_opt.search.study import FINISHED
-from judge_server import JudgeServer, reply
+from judge_server import reply
 from tiny_models import make_trio
 from vlm_models import make_llava
+from vlm_launcher import assert_saved_vlm_is_target_plus_weighted_vector, launcher_args, only_study, run_launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TASKS = ROOT / "lm-evaluation-harness" / "demo"
@@ -31,62 +25,14 @@ def models(tmp_path_factory):
     return {**make_trio(root, "llama"), "target": make_llava(root / "vlm")}
 
 
-@pytest.fixture(scope="module")
-def judge_server():
-    server = JudgeServer().start()
-    yield server
-    server.stop()
-
-
-def run(command, **env):
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, **env))
-
-
-def common(models, tmp_path):
-    return ["--target_model", str(models["target"]), "--base_model", str(models["base"]), "--tuned_model",
-            str(models["tuned"]), "--dtype", "float32", "--device", "cpu", "--n_trials", "2",
-            "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),
-            "--cache_dir", str(tmp_path / "cache")]
-
-
-def study_of(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
-    (name,) = optuna.get_all_study_names(storage)
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def assert_saved_vlm_is_target_plus_weighted_vector(models, out: Path, weights: dict[str, float]):
-    """Language tensors: target + w * (tuned - base) for their group's w; everything else the target's bytes."""
-    target = LlavaForConditionalGeneration.from_pretrained(models["target"], dtype=torch.float32)
-    base, tuned = WeightFiles(models["base"]), WeightFiles(models["tuned"])
-    for loader in (LlavaForConditionalGeneration, AutoModelForImageTextToText):
-        assert type(loader.from_pretrained(out)) is LlavaForConditionalGeneration
-    saved = dict(LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).named_parameters())
-    original = dict(target.named_parameters())
-    language = [n for n in original if checkpoint_name(n) is not None]
-    groups = group_names(language, "layer")
-    for name, param in original.items():
-        key = checkpoint_name(name)
-        if key is None:
-            assert torch.equal(saved[name], param), f"{name} changed"
-            continue
-        tau = tuned.get(key) - base.get(key)
-        expected = param.detach().clone()
-        expected[:tau.shape[0]] = torch.add(param[:tau.shape[0]], tau, alpha=weights[groups[name]])
-        assert torch.equal(saved[name], expected), name
-    processor = AutoProcessor.from_pretrained(out)
-    assert processor.image_processor is not None and processor.chat_template
-
-
 def test_two_rouge_l_trials_through_the_launcher_save_the_scored_vlm(models, tmp_path):
-    done = run(["bash", "run_merge_vlm.sh", *common(models, tmp_path), "--max_new_tokens", "6",
+    done = run_launcher(["bash", "run_merge_vlm.sh", *launcher_args(models, tmp_path), "--max_new_tokens", "6",
                 "--gen_batch_size", "3", "--holdout_fraction", "0.25"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tensor(s) left exactly as the target's" in done.stderr and "vision_tower" in done.stderr
-    study = study_of(tmp_path)
+    study = only_study(tmp_path)
     trials = study.get_trials(states=FINISHED)
-    # the baselines w=1 and w=0 (the scale stage's first trials: its scale, every factor 1)
+    # the baselines w=1 and w=0 (the scale stage's first trials: its scale, every offset 0)
     assert [set(t.user_attrs["weights"].values()) for t in trials] == [{1.0}, {0.0}]
     rouge = JapaneseRougeL()
     for trial in trials:  # each trial's value is the mean ROUGE-L of its recorded answers
@@ -99,14 +45,14 @@ def test_two_rouge_l_trials_through_the_launcher_save_the_scored_vlm(models, tmp
     assert set(recipe["holdout_score"]) >= {"w=0", "w=1"}
     assert recipe["inputs"]["optimize_mode"] == "profile"  # the default (auto) for one language vector
     # the recipe's weights per layer group (profile mode: interpolated from the knots the sampler proposed)
-    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", recipe["weights"])
+    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", recipe["weights"], LlavaForConditionalGeneration)
 
 
 def test_two_judged_trials_through_the_launcher_use_our_rubric(models, tmp_path, judge_server):
     judge_server.reset()
     ratings = iter([3, 8] * 50)
     judge_server.rule = lambda body: reply(f"Rating: [[{next(ratings)}]]")
-    done = run(["bash", "run_merge_vlm.sh", *common(models, tmp_path), "--max_new_tokens", "4", "--vlm_metric",
+    done = run_launcher(["bash", "run_merge_vlm.sh", *launcher_args(models, tmp_path), "--max_new_tokens", "4", "--vlm_metric",
                 "judge", "--judge_model_name", "gpt-4o", "--judge_backend", "openai", "--judge_base_url",
                 f"{judge_server.url}/v1", "--judge_cache", "none", "--parallel", "1"],
                OPENAI_API_KEY="sk-test-vlm")
@@ -115,16 +61,16 @@ def test_two_judged_trials_through_the_launcher_use_our_rubric(models, tmp_path,
     assert judge_server.requests[0].body["max_tokens"] == 1
     first = judge_server.requests[1].body["messages"]
     assert first[0]["content"] == JUDGE_SYSTEM and "[参照回答 / Reference answer]" in first[1]["content"]
-    trials = study_of(tmp_path).get_trials(states=FINISHED)
+    trials = only_study(tmp_path).get_trials(states=FINISHED)
     assert [t.value for t in trials] == [5.5, 5.5]  # ratings 3 and 8 alternate: a mean of 5.5 per trial
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_the_jglue_script_scores_a_vlm_target_on_text_and_saves_the_whole_vlm(models, tmp_path):
-    done = run([sys.executable, "merge_task_vector_jglue.py", *common(models, tmp_path), "--task_search_path",
+    done = run_launcher([sys.executable, "merge_task_vector_jglue.py", *launcher_args(models, tmp_path), "--task_search_path",
                 str(DEMO_TASKS), "--jglue_tasks", "demo_skill", "--jglue_limit", "8"])
     assert done.returncode == 0, done.stderr[-3000:]
-    study = study_of(tmp_path)
+    study = only_study(tmp_path)
     assert len(study.get_trials(states=FINISHED)) == 2
     recipe = json.loads((tmp_path / "out" / "merge_recipe.json").read_text())
-    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", recipe["weights"])
+    assert_saved_vlm_is_target_plus_weighted_vector(models, tmp_path / "out", recipe["weights"], LlavaForConditionalGeneration)

@@ -6,26 +6,21 @@ Qwen2VLProcessor needs torchvision (its video processor), which .venv's CPU torc
 are marked vision, and scripts/test.sh runs them in .venv-vision (bash scripts/setup.sh vision). Where torchvision
 is missing they fail (tests/conftest.py), never skip."""
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
+from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from task_vector_opt.evaluation.vlm_bench import DEFAULT_BENCH_FILE, JUDGE_SYSTEM, ImageAnswerer, JapaneseRougeL, \
     load_vlm_bench
-from task_vector_opt.merging.grouping import group_names
-from task_vector_opt.merging.models import WeightFiles, load_model
-from task_vector_opt.merging.vlm import checkpoint_name
+from task_vector_opt.merging.models import load_model
 from task_vector_opt.search.study import FINISHED
-from judge_server import JudgeServer, reply
+from judge_server import reply
 from tiny_models import make_trio
 from vlm_models import IMAGE_SIZE, make_qwen2_vl
+from vlm_launcher import assert_saved_vlm_is_target_plus_weighted_vector, launcher_args, only_study, run_launcher
 
 pytestmark = pytest.mark.vision
 
@@ -40,31 +35,6 @@ IMAGE_TOKENS = PATCHES_PER_IMAGE // 2 ** 2
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen2_vl")
     return {**make_trio(root, "qwen2"), "target": make_qwen2_vl(root / "vlm", processor=True)}
-
-
-@pytest.fixture(scope="module")
-def judge_server():
-    server = JudgeServer().start()
-    yield server
-    server.stop()
-
-
-def run(command, **env):
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, **env))
-
-
-def common(models, tmp_path):
-    return ["--target_model", str(models["target"]), "--base_model", str(models["base"]), "--tuned_model",
-            str(models["tuned"]), "--dtype", "float32", "--device", "cpu", "--n_trials", "2",
-            "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),
-            "--cache_dir", str(tmp_path / "cache")]
-
-
-def trials_of(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
-    (name,) = optuna.get_all_study_names(storage)
-    return optuna.load_study(study_name=name, storage=storage).get_trials(states=FINISHED)
 
 
 def test_the_real_processor_puts_the_image_in_the_prompt_and_its_pixels_reach_the_vision_tower(models, one_thread):
@@ -98,25 +68,10 @@ def test_the_real_processor_puts_the_image_in_the_prompt_and_its_pixels_reach_th
 
 
 def assert_saved_is_target_plus_weighted_vector(models, out: Path, weights: dict[str, float]):
-    """Language tensors: target + w * (tuned - base) for their group's w; the vision tower the target's bytes; the
-    saved processor is Qwen2-VL's, whole."""
-    target = dict(Qwen2VLForConditionalGeneration.from_pretrained(models["target"],
-                                                                  dtype=torch.float32).named_parameters())
-    for loader in (Qwen2VLForConditionalGeneration, AutoModelForImageTextToText):
-        assert type(loader.from_pretrained(out)) is Qwen2VLForConditionalGeneration
-    saved = dict(Qwen2VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).named_parameters())
-    base, tuned = WeightFiles(models["base"]), WeightFiles(models["tuned"])
-    groups = group_names([n for n in target if checkpoint_name(n) is not None], "layer")
+    """The shared check (vlm_launcher), and Qwen2-VL's own: its vision tower is there (and so was kept as the
+    target's bytes), and the saved processor is Qwen2-VL's, whole."""
+    target = assert_saved_vlm_is_target_plus_weighted_vector(models, out, weights, Qwen2VLForConditionalGeneration)
     assert any(name.startswith("model.visual.") for name in target)
-    for name, param in target.items():
-        key = checkpoint_name(name)
-        if key is None:
-            assert torch.equal(saved[name], param), f"{name} changed"
-            continue
-        tau = tuned.get(key) - base.get(key)
-        expected = param.detach().clone()
-        expected[:tau.shape[0]] = torch.add(param[:tau.shape[0]], tau, alpha=weights[groups[name]])
-        assert torch.equal(saved[name], expected), name
     processor = AutoProcessor.from_pretrained(out)
     assert type(processor).__name__ == "Qwen2VLProcessor"
     assert processor.chat_template and processor.image_processor is not None and processor.video_processor is not None
@@ -124,11 +79,11 @@ def assert_saved_is_target_plus_weighted_vector(models, out: Path, weights: dict
 
 @pytest.mark.e2e
 def test_two_rouge_l_trials_through_the_launcher_score_images_and_save_the_scored_qwen2_vl(models, tmp_path):
-    done = run(["bash", "run_merge_vlm.sh", *common(models, tmp_path), "--max_new_tokens", "6",
+    done = run_launcher(["bash", "run_merge_vlm.sh", *launcher_args(models, tmp_path), "--max_new_tokens", "6",
                 "--gen_batch_size", "3", "--holdout_fraction", "0.25"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tensor(s) left exactly as the target's" in done.stderr
-    trials = trials_of(tmp_path)
+    trials = only_study(tmp_path).get_trials(states=FINISHED)
     assert [set(t.user_attrs["weights"].values()) for t in trials] == [{1.0}, {0.0}]  # the baselines w=1, w=0
     rouge = JapaneseRougeL()
     for trial in trials:  # each trial's value is the mean ROUGE-L of its recorded answers
@@ -147,7 +102,7 @@ def test_two_judged_trials_through_the_launcher_send_each_answer_to_the_judge(mo
     judge_server.reset()
     ratings = iter([2, 9] * 50)
     judge_server.rule = lambda body: reply(f"Rating: [[{next(ratings)}]]")
-    done = run(["bash", "run_merge_vlm.sh", *common(models, tmp_path), "--max_new_tokens", "4", "--vlm_metric",
+    done = run_launcher(["bash", "run_merge_vlm.sh", *launcher_args(models, tmp_path), "--max_new_tokens", "4", "--vlm_metric",
                 "judge", "--judge_model_name", "gpt-4o", "--judge_backend", "openai", "--judge_base_url",
                 f"{judge_server.url}/v1", "--judge_cache", "none", "--parallel", "1"],
                OPENAI_API_KEY="sk-test-qwen2-vl")
@@ -158,5 +113,5 @@ def test_two_judged_trials_through_the_launcher_send_each_answer_to_the_judge(mo
     assert all(messages[0]["content"] == JUDGE_SYSTEM for messages in judged)
     for item in items:  # every item's question and reference reach the judge in each trial
         assert sum(item.question in m[1]["content"] and item.answer in m[1]["content"] for m in judged) == 2
-    assert [t.value for t in trials_of(tmp_path)] == [5.5, 5.5]  # ratings 2 and 9 alternate: 5.5 a trial
+    assert [t.value for t in only_study(tmp_path).get_trials(states=FINISHED)] == [5.5, 5.5]  # ratings 2 and 9 alternate: 5.5 a trial
     assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from judge_server import JudgeServer, reply
+from judge_server import reply
 from tiny_models import make_trio
 from vlm_models import make_llava
 
@@ -23,13 +23,6 @@ HELD_OUT = 4  # --holdout_fraction 0.5
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("vlm_verdict")
     return {**make_trio(root, "llama"), "target": make_llava(root / "vlm")}
-
-
-@pytest.fixture(scope="module")
-def judge_server():
-    server = JudgeServer().start()
-    yield server
-    server.stop()
 
 
 def rating_of(body) -> int:
