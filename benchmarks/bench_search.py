@@ -291,6 +291,12 @@ def reference_merges(bed: Testbed, scales: list[float]) -> dict:
     return out
 
 
+# Rules for the declared best, by the paired interval a shape-stage trial must clear over the best scale ("highest":
+# none, the highest search score wins). The engine's default (search.selection.SELECTION_CONFIDENCE) is the plain
+# strategy name; the others get "@rule".
+SELECTION_RULES = {"paired95": 0.95, "paired80": 0.80, "highest": 0.0}
+
+
 def budget_prefix(trials: list, full_items: int, budget: float) -> list:
     """The trials a run with this budget would have made: up to the first whose cumulative items reach it.
 
@@ -313,6 +319,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
 
     from task_vector_opt import engine
     from task_vector_opt.engine import label_of
+    from task_vector_opt.search.selection import SELECTION_CONFIDENCE, chosen_trial
     from task_vector_opt.search.study import FINISHED
     from task_vector_opt.search.verdict import holdout_verdict
 
@@ -332,11 +339,13 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
 
     engine.search(config, study, bed.ws, evaluator, (), space, done=spent)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (*FINISHED, optuna.trial.TrialState.FAIL)]
+    default_rule = {confidence: rule for rule, confidence in SELECTION_RULES.items()}[SELECTION_CONFIDENCE]
     rows = []
-    for budget in budgets:
+    for budget, (rule, confidence) in itertools.product(budgets, SELECTION_RULES.items()):
         prefix = budget_prefix(trials, full, budget)
-        complete = [t for t in prefix if t.state == optuna.trial.TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value)
+        # the run's declared best as the engine declares it (search.selection), and as other rules would: one
+        # search, so the rules are compared on the same trials
+        best = chosen_trial(prefix, confidence)
         best_weights = space.weights(best.params)
         candidates = {"w=0": dict.fromkeys(space.groups, 0.0), "w=1": dict.fromkeys(space.groups, 1.0)}
         if best_weights not in candidates.values():
@@ -346,7 +355,8 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
         verdict = holdout_verdict({label: s.item_values for label, s in held.items()}, best_label)
         items = sum(t.user_attrs.get("items_scored", 0) for t in prefix)
         rows.append({
-            "testbed": bed.args.testbed, "strategy": name, "seed": seed, "budget": budget,
+            "testbed": bed.args.testbed, "strategy": name + ("" if rule == default_rule else f"@{rule}"),
+            "selection": rule, "seed": seed, "budget": budget,
             "trial_equivalents": round(items / full, 3),
             "items_scored": items, "trials": len(prefix),
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in prefix),

@@ -369,17 +369,16 @@ class ScaleStage:
         return max(tried, key=lambda item: item[1])[0]
 
     def shape_start(self, study: optuna.Study) -> dict[str, float]:
-        """Where the shape sampler starts: the offsets of the best design trial (scale stage and block design) by
-        the run's rule for the best trial (``search.selection``); 0 everywhere (the best scale) when it is a scale
-        trial."""
-        from task_vector_opt.search.selection import chosen_trial
-
+        """Where the shape sampler starts: the offsets of the design trial (scale stage and block design) with the
+        highest search score; 0 everywhere (the best scale) when that is a scale trial. A start is no claim that
+        the shape helps, so the plain highest score, not the stricter rule for the declared best
+        (``search.selection``): the sampler begins its search where the design saw the most."""
         start = dict.fromkeys(self.space.shape.params, 0.0)
         design = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.user_attrs.get(STAGE_ATTR) in (SCALE_STAGE, BLOCK_STAGE)]
+                  if t.user_attrs.get(STAGE_ATTR) in (SCALE_STAGE, BLOCK_STAGE) and t.value is not None]
         if not design:
             return start
-        best = chosen_trial(design)
+        best = max(design, key=lambda t: t.value)
         if best.user_attrs.get(STAGE_ATTR) == BLOCK_STAGE and self._scales(best) == self.best_scales(study):
             start.update({name: float(best.params[name]) for name in start if name in best.params})
         return start

@@ -24,16 +24,18 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 ITEM_VALUES_ATTR = "item_values"  # trial user attr (scale-first studies): each search item's value
+SELECTION_CONFIDENCE = 0.95  # the paired interval a shape trial must clear; 0: the highest search score wins
 
 
-def chosen_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial:
-    """The declared best of ``trials`` (completed ones are read; ValueError when none completed)."""
+def chosen_trial(trials: Sequence[FrozenTrial], confidence: float = SELECTION_CONFIDENCE) -> FrozenTrial:
+    """The declared best of ``trials`` (completed ones are read; ValueError when none completed). ``confidence``
+    0 is the plain rule, the highest search score (benchmarks/bench_search.py compares the two)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         raise ValueError("no completed trial")
     best = max(complete, key=lambda t: t.value)
     scale = [t for t in complete if t.user_attrs.get(STAGE_ATTR) == SCALE_STAGE]
-    if not scale:
+    if not scale or confidence <= 0:
         return best
     incumbent = max(scale, key=lambda t: t.value)
     kept = incumbent.user_attrs.get(ITEM_VALUES_ATTR)
@@ -43,7 +45,7 @@ def chosen_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial:
         values = trial.user_attrs.get(ITEM_VALUES_ATTR)
         if not values or not kept:
             return trial  # nothing to pair: the highest score, as without the rule
-        gain = paired_difference(values, kept, "best scale")
+        gain = paired_difference(values, kept, "best scale", confidence=confidence)
         if gain is not None and gain.low > 0:
             return trial
     return incumbent
