@@ -232,3 +232,32 @@ def test_the_run_saves_the_declared_best_and_holds_out_both(trio, tmp_path):
     assert "best" in recipe["holdout_score"] and "w=0" in recipe["holdout_score"]  # the declared best, held out
     assert recipe["weights"] == pytest.approx(ScaledSpace(search_space(GROUPS, "profile", 4), 0.0, 2.0).weights(
         declared.params))
+
+
+def test_the_shape_sampler_starts_at_the_highest_design_point_even_when_it_is_not_declared_best():
+    """The start is no claim: the block point that scored highest is where CMA-ES begins, though a lead within the
+    search items' noise does not make it the declared best; when a scale trial scores highest, the start is the
+    best scale (every offset 0)."""
+    space = ScaledSpace(search_space(GROUPS, "profile", 4), 0.0, 2.0)
+    stage = ScaleStage(space, baselines=True, n_trials=20)
+    n = 100
+    base = {f"i{k}": float(k % 2) for k in range(n)}
+    lucky = dict(base, i0=1.0, i2=1.0)  # 0.52 against 0.5: within the noise
+
+    def add(study, value, items, stage_name, params, label=None):
+        attrs = {ITEM_VALUES_ATTR: items, "stage": stage_name, **({"design_point": label} if label else {})}
+        study.add_trial(create_trial(value=value, params=params, user_attrs=attrs,
+                                     distributions={k: FloatDistribution(-2.0, 2.0) for k in params}))
+
+    zero = dict.fromkeys(space.shape.params, 0.0)
+    study = optuna.create_study(direction="maximize")
+    add(study, 0.5, base, "scale", {"scale": 0.0, **zero})
+    add(study, 0.52, lucky, "blocks", {"scale": 0.0, **zero, "knot_1": 1.0}, "raise block 2")
+    assert chosen_trial(study.trials).number == 0  # the declared best stays the scale
+    assert chosen_trial(study.trials, confidence=0.0).number == 1  # the plain rule: the highest score
+    assert stage.shape_start(study) == {**zero, "knot_1": 1.0}
+
+    study = optuna.create_study(direction="maximize")
+    add(study, 0.52, lucky, "scale", {"scale": 0.0, **zero})
+    add(study, 0.5, base, "blocks", {"scale": 0.0, **zero, "knot_1": 1.0}, "raise block 2")
+    assert stage.shape_start(study) == zero
