@@ -61,15 +61,15 @@ def check_generation_backend(config: RunConfig) -> None:
     if getattr(config.evaluator, "generation_backend", "hf") != "vllm":
         return
     from task_vector_opt.evaluation.vllm_backend import check_vllm_runs_here, check_vllm_serves
-    from task_vector_opt.merging.models import resolve_config
+    from task_vector_opt.merging.models import config_of
 
     check_vllm_runs_here()
     if config.pipeline.startswith("mt_bench_moe"):
         check_vllm_serves(["MixtralForCausalLM"], "the Mixtral MoE these scripts build")
         return
     target = config.targets[0]
-    model_config = json.loads((resolve_config(target, config.cache_dir) / "config.json").read_text(encoding="utf-8"))
-    check_vllm_serves(list(model_config.get("architectures") or []), f"{target.flag} {target.name_or_path!r}")
+    architectures = config_of(target, config.cache_dir, config.trust_remote_code).architectures
+    check_vllm_serves(list(architectures or []), f"{target.flag} {target.name_or_path!r}")
 
 
 def check_model_output(config: RunConfig, holds_saved_model: Callable[[Path], bool]) -> list[Path] | None:
@@ -253,17 +253,14 @@ def merge_settings_from_args(args: argparse.Namespace):
     return MergeSettings(method=method, density_min=density_min, density_max=density_max,
                          density_per_group=args.density_per_group, dare_seed=args.dare_seed,
                          normalize=args.merge_normalize, dare_rescale=args.dare_rescale)
-def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> int | None:
-    """The number of decoder layers from the model's config.json (a VLM's text config); None if not stated."""
-    from task_vector_opt.merging.models import resolve_config
 
-    # a hub id: config.json alone, with the hub's one-line errors naming the flag
-    config = json.loads((resolve_config(source, cache_dir) / "config.json").read_text())
-    for scope in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
-        for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
-            if isinstance(scope.get(key), int):
-                return scope[key]
-    return None
+
+def decoder_layer_count(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> int | None:
+    """The number of decoder layers from the model's config (a VLM's text config); None if not stated."""
+    from task_vector_opt.merging.models import config_of
+
+    layers = getattr(config_of(source, cache_dir, trust_remote_code).get_text_config(), "num_hidden_layers", None)
+    return layers if isinstance(layers, int) else None
 
 
 DEFAULT_PROFILE_KNOTS = 4  # the default strategy's knots (benchmarks/bench_search.py; docs/en/benchmarks.md, search)

@@ -33,6 +33,24 @@ def resolve_config(source: ModelSource, cache_dir: str | None) -> Path:
     return _download(source, cache_dir, ["config.json"])
 
 
+def read_config(directory: Path, trust_remote_code: bool = False, flag: str = "--target_model"):
+    """The one reader of a model's config.json: transformers' own (AutoConfig), so every field has its default
+    and its aliases (``n_layer`` is ``num_hidden_layers``); ``.get_text_config()`` is a VLM's language model."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(flag, f"transformers cannot read the config.json of {str(directory)!r} ({first_line(exc)}); "
+                               "give a Hugging Face model directory, or pass --trust_remote_code for a model with "
+                               "code of its own") from None
+
+
+def config_of(source: ModelSource, cache_dir: str | None, trust_remote_code: bool = False):
+    """``source``'s config (read_config); from the hub, its config.json alone is fetched."""
+    return read_config(resolve_config(source, cache_dir), trust_remote_code, source.flag)
+
+
 def check_model_source(source: ModelSource, allow_pickle: bool) -> None:
     """A local dir must hold a config and weights that open (each *.safetensors: its header, and that the file
     holds all the data the header declares); anything else must look like a hub id."""

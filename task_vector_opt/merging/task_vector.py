@@ -17,7 +17,6 @@ tuned are never both resident. Rules for the awkward cases:
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from task_vector_opt.errors import TaskVectorMismatch, UsageError
-from task_vector_opt.merging.models import WeightFiles, nonfinite_kinds, require_finite
+from task_vector_opt.merging.models import WeightFiles, nonfinite_kinds, read_config, require_finite
 from task_vector_opt.merging.vlm import log_left_alone, name_map_for
 
 log = logging.getLogger(__name__)
@@ -153,8 +152,8 @@ def warn_if_other_architecture(model, base_dir: Path, tuned_dir: Path) -> None:
     pair = {}
     for flag, directory in (("--base_model", base_dir), ("--tuned_model", tuned_dir)):
         try:
-            pair[flag] = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            pair[flag] = read_config(Path(directory), flag=flag).to_dict()
+        except UsageError:
             continue  # validation already required a config.json; nothing to compare against
     if any(config.get("model_type") != target["model_type"] for config in pair.values()):
         pair_text = "; ".join(f"{flag} is {_architecture(config)}" for flag, config in pair.items())

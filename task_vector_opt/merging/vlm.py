@@ -5,7 +5,6 @@ sits under another prefix needs one row here. The vision tower and projector mat
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from task_vector_opt.errors import UsageError
-from task_vector_opt.merging.models import WeightFiles, is_vlm, is_vlm_config
+from task_vector_opt.merging.models import WeightFiles, is_vlm, is_vlm_config, read_config
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +80,6 @@ def log_left_alone(names: list[str]) -> None:
 
 # ------------------------------------------------------------------ checks from config files and headers only
 
-def _config_dict(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / "config.json").read_text(encoding="utf-8"))
-
-
-def text_config_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The language model's config: ``text_config`` when there is one, else the top level (older Qwen2-VL)."""
-    return config.get("text_config") or config
-
-
 def _checkpoint_keys(directory: Path) -> list[str]:
     files = WeightFiles(directory)  # reads the index or the safetensors headers, not the tensors
     try:
@@ -111,20 +101,20 @@ def check_vlm_target(flag: str, target_dir: Path, base_dir: Path) -> VLMTarget |
     """None for an LLM target; for a VLM, check that its language model is the architecture of --base_model.
 
     Reads config.json files and safetensors headers only, so every mistake is reported before weights load."""
-    config = _config_dict(target_dir)
+    config = read_config(target_dir, flag=flag)
     if not is_vlm_config(config):
         return None
-    text = text_config_of(config)
-    kind = text.get("model_type") or config.get("model_type")
+    text = config.get_text_config().to_dict()  # the language model's config (transformers' rule for each VLM)
+    kind = text.get("model_type") or config.model_type
     family = LANGUAGE_MODEL_FAMILIES.get(kind or "")
     keys = _checkpoint_keys(target_dir)
     language = [k for k in keys if checkpoint_name(k) is not None]
     if family is None or not language or text.get("hidden_size") is None:
         known = ", ".join(sorted(LANGUAGE_MODEL_FAMILIES))
-        raise UsageError(flag, f"{str(target_dir)!r} is a vision-language model ({config.get('model_type')!r}) "
+        raise UsageError(flag, f"{str(target_dir)!r} is a vision-language model ({config.model_type!r}) "
                                f"without a recognisable language model (text model type {kind!r}, "
                                f"{len(language)} language-model tensors); supported language models: {known}")
-    base = _config_dict(base_dir)
+    base = read_config(base_dir, flag="--base_model").to_dict()
     base_kind = base.get("model_type")
     if is_vlm_config(base):
         raise UsageError("--base_model", f"{str(base_dir)!r} is itself a vision-language model; the task vector of a "

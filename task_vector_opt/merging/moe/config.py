@@ -6,7 +6,6 @@ input is one line and exit code 2 before any model loads.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -243,16 +242,9 @@ def _check_prompts(gate_mode: str, prompts: list[ExpertPrompts], origin: str) ->
 
 
 def _read_model_config(source: ModelSource, cache_dir: str | None, trust_remote_code: bool) -> dict[str, Any]:
-    if source.is_local:
-        return json.loads((Path(source.name_or_path).expanduser() / "config.json").read_text(encoding="utf-8"))
-    from transformers import AutoConfig
+    from task_vector_opt.merging.models import config_of
 
-    try:
-        return AutoConfig.from_pretrained(source.name_or_path, cache_dir=cache_dir,
-                                          trust_remote_code=trust_remote_code).to_dict()
-    except Exception as exc:  # the hub client raises many types; the user needs one line
-        raise UsageError(source.flag, f"could not read the config of {source.name_or_path!r} ({type(exc).__name__}); check "
-                                      "the id, your network, or give a local directory") from None
+    return config_of(source, cache_dir, trust_remote_code).to_dict()
 
 
 def _shape_of(config: dict[str, Any]) -> dict[str, Any]:
