@@ -64,7 +64,9 @@ class RunResult:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    # Optuna's log level holds for the whole process: errors.run_cli sets it (internals.process).
+    # The engine logs each trial itself (score, timing, the reason a trial failed); Optuna's own per-trial
+    # warnings would repeat those with a traceback, also for a Ctrl-C.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     # The judge SDKs' HTTP clients log every request at INFO: a line per judgment, and one before a probe's error.
     for client in ("httpx", "httpx2"):
         logging.getLogger(client).setLevel(max(logging.WARNING, logging.getLogger().level))

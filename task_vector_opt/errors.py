@@ -59,11 +59,7 @@ def parse_one_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
-    """Run an entry point: UsageError becomes one line on stderr and its exit code. The process-wide settings are
-    made here, once (internals.process)."""
-    from task_vector_opt.internals.process import configure_process
-
-    configure_process()
+    """Run an entry point: UsageError becomes one line on stderr and its exit code."""
     try:
         main(argv)
     except UsageError as exc:

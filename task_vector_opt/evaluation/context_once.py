@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from task_vector_opt.errors import UsageError
 from task_vector_opt.evaluation.scorers import SCORER_FLAG
-from task_vector_opt.internals.lm_eval_internals import check_token_scoring, detect_batch_size
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation) strings, their token ids)
 
@@ -216,9 +215,7 @@ class ContextOnceScoring:
 @functools.cache
 def context_once_class(base: type) -> type:
     """``base`` (lm-eval's HFLM or a subclass) with its token scoring done context-once; rolling
-    log-likelihoods and generation stay ``base``'s own. It overrides and calls lm-eval's private token scoring and
-    batch-size detection, checked here against the installed lm-eval (internals.lm_eval_internals)."""
-    check_token_scoring(base)
+    log-likelihoods and generation stay ``base``'s own."""
 
     class ContextOnceLM(base):
         scoring_counts: ScoringCounts
@@ -259,7 +256,7 @@ def context_once_class(base: type) -> type:
             longest = max(requests, key=lambda r: len(r[1]) + len(r[2]))
             key = ("context_once", min(len(longest[1]) + len(longest[2]), self.max_length))
             if key not in self.batch_sizes:
-                self.batch_sizes[key] = detect_batch_size(self, [longest])
+                self.batch_sizes[key] = self._detect_batch_size([longest])
             return int(self.batch_sizes[key])
 
     ContextOnceLM.__name__ = ContextOnceLM.__qualname__ = f"ContextOnce{base.__name__}"

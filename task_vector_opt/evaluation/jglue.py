@@ -43,7 +43,6 @@ from task_vector_opt.evaluation.lm_eval_tasks.task_list import TASKS_FLAG, norma
 from task_vector_opt.evaluation.protocol import Evaluator, EvaluatorSettings, Score
 from task_vector_opt.evaluation.scorers import DEFAULT_SCORER, parse_scorer
 from task_vector_opt.identity import identity_when, outside_identity
-from task_vector_opt.internals.lm_eval_internals import no_request_progress_bars, share_batch_sizes
 from task_vector_opt.search.pruning import make_pruner, pruner_from_args, should_stop
 
 if TYPE_CHECKING:
@@ -177,6 +176,23 @@ def _logger_at_least(name: str, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _no_request_progress_bars() -> Iterator[None]:
+    """lm-eval draws a progress bar while it builds each task's requests (``tqdm`` in lm_eval.api.task), with no
+    option to turn it off: one bar per task and trial. Swap in a disabled bar for the call (kept at DEBUG)."""
+    import lm_eval.api.task as task_module
+
+    original = getattr(task_module, "tqdm", None)
+    if original is None or log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    task_module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        task_module.tqdm = original
 
 
 @functools.cache
@@ -328,7 +344,7 @@ class JGLUEEvaluator(Evaluator):
         # HFLM warns twice that a pre-built model skips its loading options: expected here, not news per trial
         with _logger_at_least("lm_eval.models.huggingface", logging.ERROR):
             lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
-        share_batch_sizes(lm, self._batch_sizes)
+        lm.batch_sizes = self._batch_sizes
         return lm
 
     def _run(self, lm, run: TaskRun, docs: list[int], objective: str = TASK_METRIC) -> tuple[float, dict[int, Any]]:
@@ -340,7 +356,7 @@ class JGLUEEvaluator(Evaluator):
         # sees the same few-shot examples, exactly as a fresh lm-eval run would.
         run.task.set_fewshot_seed(seed=FEWSHOT_SEED)
         task_dict = {"tasks": {run.lm_name: run.task}, "groups": {}, "group_map": {}}
-        with no_request_progress_bars(keep=log.isEnabledFor(logging.DEBUG)):  # one bar per task and trial
+        with _no_request_progress_bars():
             results = evaluate(lm=lm, task_dict=task_dict, samples={run.lm_name: list(docs)}, bootstrap_iters=0,
                                log_samples=True)
         samples = [s for s in results.get("samples", {}).get(run.lm_name, []) if run.metric in s]

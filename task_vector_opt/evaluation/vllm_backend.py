@@ -8,7 +8,7 @@ counts its writes), through ``LLM.collective_rpc`` with a function that calls th
 nothing is written to disk per trial. A push resets the engine's prefix cache, whose entries the old weights
 computed.
 
-With the engine in this process (internals.vllm_internals) the pushed tensors reach vLLM's worker as they are:
+In this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) the pushed tensors reach vLLM's worker as they are:
 one device-to-device copy per tensor, or one host-to-device copy when the live model is on the CPU.
 
 Prompts, temperatures and answer text are those of the hf path (evaluation.generation): the same prompt
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from task_vector_opt.evaluation.bench.files import Question
 from task_vector_opt.evaluation.finite import NonFiniteLogits
 from task_vector_opt.evaluation.generation import SAMPLING_TOP_K, AnswerGenerator, row_seed
 from task_vector_opt.evaluation.vllm_names import checkpoint_tensors, mixtral_router_name, slot_checkpoint_name
-from task_vector_opt.internals.vllm_internals import engine_in_this_process
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,12 @@ def _sampling_params_class():
 
 def _start_llm(folder: Path, dtype: torch.dtype, utilization: float, trust_remote_code: bool):
     # The engine in this process: a push hands vLLM's worker our tensors themselves, no copy between processes.
-    with engine_in_this_process():
-        from vllm import LLM
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM
 
-        return LLM(model=str(folder), tokenizer=str(folder), dtype=str(dtype).removeprefix("torch."),
-                   load_format="dummy", gpu_memory_utilization=utilization, enable_prefix_caching=True,
-                   trust_remote_code=trust_remote_code, seed=0)
+    return LLM(model=str(folder), tokenizer=str(folder), dtype=str(dtype).removeprefix("torch."),
+               load_format="dummy", gpu_memory_utilization=utilization, enable_prefix_caching=True,
+               trust_remote_code=trust_remote_code, seed=0)
 
 
 @dataclass

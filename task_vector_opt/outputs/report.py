@@ -455,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_one_line(parser(), argv)
 
     check_writable_dir("--output_dir", args.output_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_finished_study(args.storage, args.study_name)
     out = Path(args.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from optuna.trial import TrialState
 
-from task_vector_opt.internals.optuna_internals import enqueued_params
 from task_vector_opt.search.samplers import make_sampler
 from task_vector_opt.search.blocks import COMBINED, DesignPoint, block_design, combination, depth_blocks
 from task_vector_opt.search.space import SearchSpace, local_name, owned, owner_of, search_space
@@ -44,7 +43,6 @@ STAGE_ATTR = "stage"  # trial user attr: "scale" for the scale stage's trials (b
 SCALE_STAGE = "scale"
 BLOCK_STAGE = "blocks"  # the block design's trials (search.blocks)
 POINT_ATTR = "design_point"  # trial user attr of a block-design trial: its label ("raise block 2")
-SCALES_ATTR = "scales"  # trial user attr of a scale-stage trial: its scales, as enqueued (before it has params)
 REFINEMENT_ATTR = "scale_stage_refinement"  # study user attr: the refinement's points, once the design has finished
 BLOCKS_ATTR = "block_design"  # study user attr: the block design's points, once the scale stage has finished
 COMBINATION_ATTR = "block_combination"  # study user attr: the combined point (or null), once the blocks finished
@@ -221,7 +219,7 @@ class ScaleStage:
         return list(dict.fromkeys(ends + design(n, low, high)))
 
     def _enqueue(self, study: optuna.Study, scales: tuple[float, ...]) -> None:
-        attrs: dict[str, Any] = {STAGE_ATTR: SCALE_STAGE, SCALES_ATTR: list(scales)}
+        attrs: dict[str, Any] = {STAGE_ATTR: SCALE_STAGE}
         for label, value in BASELINES:
             if self.baselines and scales == (value,) * self.space.n_vectors:
                 attrs["baseline"] = label
@@ -238,10 +236,8 @@ class ScaleStage:
         return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(STAGE_ATTR) == BLOCK_STAGE]
 
     def _scales(self, trial: optuna.trial.FrozenTrial) -> tuple[float, ...]:
-        """A scale trial's scales; a waiting one holds them in its user attrs (one of a study written before that,
-        in Optuna's enqueue key)."""
-        enqueued = trial.user_attrs.get(SCALES_ATTR)
-        fixed = dict(zip(self.space.scales, enqueued)) if enqueued is not None else enqueued_params(trial)
+        """A scale trial's scales; a waiting one holds them as its fixed (enqueued) parameters."""
+        fixed = trial.system_attrs.get("fixed_params") or {}
         return tuple(round(float(trial.params.get(name, fixed.get(name, math.nan))), 6) for name in self.space.scales)
 
     def tried(self, study: optuna.Study) -> list[tuple[tuple[float, ...], float]]:

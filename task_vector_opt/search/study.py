@@ -23,7 +23,6 @@ from optuna.trial import TrialState
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from task_vector_opt.errors import SearchAborted, StudyStopped, TrialFailure, UsageError, first_line
-from task_vector_opt.internals.optuna_internals import set_trial_user_attr
 from task_vector_opt.search.samplers import make_sampler
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,8 @@ def recover_dead_workers(study: optuna.Study) -> int:
             continue
         try:
             # The reason belongs on the trial itself, and only a running trial takes attributes, so it goes
-            # first; Optuna has no public setter for a trial this process did not ask for (internals.optuna_internals).
-            set_trial_user_attr(study, trial, "fail_reason", f"worker {worker} died mid-trial")
+            # first; Optuna has no public setter for a trial this process did not ask for.
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died mid-trial")
             # Not skip_if_finished: the error is how a worker learns another one failed the trial first, so
             # that exactly one of them enqueues the retry.
             failed = study.tell(trial.number, state=TrialState.FAIL)
