@@ -31,14 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the original's on-disk path: tests/moe_on_disk.py
 
 from task_vector_opt.run_config import RunConfig  # noqa: E402
 from task_vector_opt.sources import ModelSource  # noqa: E402
 from task_vector_opt.merging.moe.routers import random_router_vectors  # noqa: E402
 from task_vector_opt.merging.moe.workspace import prepare  # noqa: E402
 from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings  # noqa: E402
-from moe_on_disk import checkpoint_bytes, compose_moe_on_disk  # noqa: E402
+from task_vector_opt.merging.moe.on_disk import checkpoint_bytes, compose_moe_on_disk  # noqa: E402
 
 SIZES = {
     # About 175M parameters per expert (32k vocabulary, untied lm_head); a 4-expert MoE has about 440M.

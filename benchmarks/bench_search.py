@@ -43,8 +43,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from task_vector_opt.study_attrs import ELAPSED_ATTR, EVAL_SECONDS_ATTR, ITEMS_SCORED_ATTR  # noqa: E402 (the path)
-
 ORIGINAL_DEFAULT = "TPE/layer"
 
 
@@ -153,12 +151,12 @@ class Testbed:
     def __init__(self, args: argparse.Namespace):
         import tempfile
 
+        from task_vector_opt import engine
         from task_vector_opt.cli.flags import parse_namespace
         from task_vector_opt.cli.pipelines import JGLUE
         from task_vector_opt.cli.validation import validate
         from task_vector_opt.demo.finetune import prepare_conflict_model, prepare_demo_models
         from task_vector_opt.demo.spliced import prepare_spliced
-        from task_vector_opt.merging.workspace import prepare
 
         self.args = args
         given = {role: getattr(args, f"{role}_model") for role in ("target", "base", "tuned")}
@@ -181,7 +179,7 @@ class Testbed:
         self.run_dir = Path(tempfile.mkdtemp(prefix="bench_search_"))
         namespace = parse_namespace(JGLUE.command_line, jglue_flags(self.models, args, self.run_dir))
         self.config = validate(JGLUE, namespace)
-        self.ws = prepare(self.config)
+        self.ws = engine.prepare(self.config)
         self._evaluators: dict[str | None, object] = {}
         self._holdout: dict[tuple, object] = {}
 
@@ -236,7 +234,7 @@ class SharedScores:
             result = self.evaluator.score(model, tokenizer, trial)
             self._scores[key] = (result, time.perf_counter() - started)
         result, seconds = self._scores[key]
-        return dataclasses.replace(result, details={**result.details, EVAL_SECONDS_ATTR: round(seconds, 3)})
+        return dataclasses.replace(result, details={**result.details, "eval_s": round(seconds, 3)})
 
     def holdout(self, model, tokenizer):
         return self.evaluator.holdout(model, tokenizer)
@@ -306,7 +304,7 @@ def budget_prefix(trials: list, full_items: int, budget: float) -> list:
     budget holds every smaller budget's run as a prefix (same seed, same proposals, same scores)."""
     spent = 0
     for index, trial in enumerate(trials):
-        spent += trial.user_attrs.get(ITEMS_SCORED_ATTR, 0)
+        spent += trial.user_attrs.get("items_scored", 0)
         if spent >= budget * full_items - 1e-9:
             return trials[: index + 1]
     return list(trials)
@@ -337,7 +335,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
 
     def spent(study_: optuna.Study) -> bool:
         done = study_.get_trials(deepcopy=False, states=FINISHED)
-        return sum(t.user_attrs.get(ITEMS_SCORED_ATTR, 0) for t in done) >= largest * full - 1e-9
+        return sum(t.user_attrs.get("items_scored", 0) for t in done) >= largest * full - 1e-9
 
     engine.search(config, study, bed.ws, evaluator, (), space, done=spent)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (*FINISHED, optuna.trial.TrialState.FAIL)]
@@ -355,7 +353,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
         best_label = label_of(candidates, best_weights)
         held = {label: bed.holdout(weights) for label, weights in candidates.items()}
         verdict = holdout_verdict({label: s.item_values for label, s in held.items()}, best_label)
-        items = sum(t.user_attrs.get(ITEMS_SCORED_ATTR, 0) for t in prefix)
+        items = sum(t.user_attrs.get("items_scored", 0) for t in prefix)
         rows.append({
             "testbed": bed.args.testbed, "strategy": name + ("" if rule == default_rule else f"@{rule}"),
             "selection": rule, "seed": seed, "budget": budget,
@@ -369,8 +367,7 @@ def run_one(bed: Testbed, name: str, seed: int, budgets: list[float]) -> list[di
             "holdout_w1": held["w=1"].value, "holdout_w0": held["w=0"].value,
             "vs_w1": verdict.get("vs w=1"), "vs_w0": verdict.get("vs w=0"), "verdict": verdict["sentences"][0] if verdict["sentences"] else "",
             # seconds of evaluation the run spent (a merge scored before by another run counts what it cost then)
-            "wall_s": round(sum(t.user_attrs.get(EVAL_SECONDS_ATTR, t.user_attrs.get(ELAPSED_ATTR, 0.0))
-                                for t in prefix), 1),
+            "wall_s": round(sum(t.user_attrs.get("eval_s", t.user_attrs.get("elapsed_s", 0.0)) for t in prefix), 1),
         })
     return rows
 

@@ -1,39 +1,64 @@
-"""The run loop every script shares: prepare the workspace (merging.workspace) -> Optuna search -> holdout -> save.
+"""The engine every script shares: load -> task vector -> merger -> Optuna search -> holdout -> save.
 
-A pipeline supplies only its flags and its evaluator. What the loop writes is made by the output stage (the recipe in
-outputs.recipe, the console summary in outputs.result).
+A pipeline supplies only its flags and its evaluator; everything else is here.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-from typing import Callable, Sequence
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import optuna
+import torch
 
+from task_vector_opt import __version__
 from task_vector_opt.run_config import RunConfig
 from task_vector_opt.evaluation.finite import NonFiniteLogits, finite_logits_guard
 from task_vector_opt.evaluation.protocol import Evaluator, Score
-from task_vector_opt.merging.merger import Merger
-from task_vector_opt.merging.models import save_model
-from task_vector_opt.merging.workspace import Workspace, prepare
-from task_vector_opt.outputs.recipe import recipe
-from task_vector_opt.outputs.result import RunResult
+from task_vector_opt.merging.grouping import group_names, ordered_groups
+from task_vector_opt.merging.merger import HOST_RESERVE, Merger, gpu_share
+from task_vector_opt.merging.methods import DENSITY_STEP
+from task_vector_opt.merging.models import DTYPES, load_model, resolve, resolve_config, save_model
+from task_vector_opt.outputs.search_text import search_sentence
 from task_vector_opt.outputs.side_files import run_outputs
 from task_vector_opt.search.study import (FINISHED, finished_trials, make_objective, open_storage, open_study, recover_dead_workers,
                      redact, run_search)
+from task_vector_opt.merging.task_vector import build_task_vector
+from task_vector_opt.merging.workspace import Workspace
 from task_vector_opt.errors import UsageError
-from task_vector_opt.study_attrs import (BASELINE_ATTR, HOLDOUT_PARTS_ATTR, IDENTITY_ATTR, INPUTS_ATTR,
-                                         ITEM_VALUES_ATTR, ITEMS_SCORED_ATTR, VERDICT_ATTR)
+from task_vector_opt.search.existing import IDENTITY_ATTR, INPUTS_ATTR
 from task_vector_opt.search.samplers import make_sampler
-from task_vector_opt.search.scale_first import ScaledSpace, ScaleStage, scale_first_sampler, shape_distributions, shape_sampler
-from task_vector_opt.search.selection import chosen_trial
+from task_vector_opt.search.scale_first import (ScaledSpace, ScaleStage, is_scale_name, planned_space,
+                                                scale_first_sampler, shape_distributions, shape_sampler)
+from task_vector_opt.search.selection import ITEM_VALUES_ATTR, chosen_trial
 from task_vector_opt.search.space import SearchSpace, search_space
 from task_vector_opt.search.verdict import holdout_verdict
 
 log = logging.getLogger(__name__)
 
 EvaluatorFactory = Callable[[RunConfig], Evaluator]
+
+
+@dataclass
+class RunResult:
+    study_name: str
+    best_value: float
+    best_trial: int
+    best_weights: dict[str, float]  # per merger group (profile mode: the interpolated layer weights)
+    best_params: dict[str, float] = field(default_factory=dict)  # what the sampler proposed (profile: knots)
+    holdout: dict[str, float | None] = field(default_factory=dict)
+    holdout_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # per candidate: each task's score
+    verdict: dict[str, Any] = field(default_factory=dict)  # paired held-out differences vs w=1 and w=0
+    items_scored: int = 0  # search items scored over all finished trials (pruned ones count what they scored)
+    search_baselines: dict[str, float] = field(default_factory=dict)
+    output_dir: Path | None = None
+    n_trials: int = 0  # finished (complete + pruned)
+    n_failed: int = 0
+    files: list[str] = field(default_factory=list)  # side files saved beside the model
 
 
 def setup_logging(level: str) -> None:
@@ -47,9 +72,53 @@ def setup_logging(level: str) -> None:
         logging.getLogger(client).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def choose_store_device(config: RunConfig, model_bytes: int) -> str:
+    """Where the target copy and the task vectors live (see docs/en/hardware.md)."""
+    if config.vector_placement == "cpu":
+        return "cpu"
+    if config.vector_placement == "device" or not config.device.startswith("cuda"):
+        return config.device
+    copies = 1 + max(len(config.tuned_models), 1)  # the target's originals and one copy per task vector
+    free, total = torch.cuda.mem_get_info(torch.device(config.device))
+    free -= gpu_share(config.evaluator) * total  # --generation_backend vllm: the engine's share, taken later
+    fits = free > (copies + HOST_RESERVE) * model_bytes
+    log.info("vector placement auto: %.1f GiB free on %s, copies need %.1f GiB -> %s", free / 2**30, config.device,
+             copies * model_bytes / 2**30, "device" if fits else "cpu")
+    return config.device if fits else "cpu"
+
+
 def baseline_values(study: optuna.Study) -> dict[str, float]:
-    return {t.user_attrs[BASELINE_ATTR]: t.value for t in study.get_trials(deepcopy=False, states=FINISHED)
-            if BASELINE_ATTR in t.user_attrs and t.value is not None}
+    return {t.user_attrs["baseline"]: t.value for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if "baseline" in t.user_attrs and t.value is not None}
+
+
+def prepare(config: RunConfig) -> Workspace:
+    """Load the target, build each task vector tuned_i - base (streamed) and the merger."""
+    started = time.perf_counter()
+    target_dir = resolve(config.targets[0], config.cache_dir, config.allow_pickle)
+    base_dir = resolve(config.base, config.cache_dir, config.allow_pickle)
+    tuned_dirs = [resolve(t, config.cache_dir, config.allow_pickle) for t in config.tuned_models or [config.tuned]]
+    model, tokenizer = load_model(target_dir, config.dtype, config.device, config.trust_remote_code,
+                                  config.allow_pickle, config.targets[0].flag)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    store_device = choose_store_device(config, model_bytes)
+    vectors = [build_task_vector(model, base_dir, tuned_dir, dtype=DTYPES[config.dtype], store_device=store_device,
+                                 skip_embed=config.skip_embed) for tuned_dir in tuned_dirs]
+    groups = group_names(list(vectors[0]), config.optimize_mode)
+    merger = Merger(model, vectors, groups, store_device, config.merge)
+    group_order = merger.weight_names()
+    densities = density_ranges(merger, config)
+    log.info("loaded in %.1fs: %d tensors, %d vector(s), %d weights + %d densities (%s mode, %s), copies on %s "
+             "(%.2f GiB)", time.perf_counter() - started, len(vectors[0]), len(vectors), len(group_order),
+             len(densities), config.optimize_mode, merger.settings.method, store_device,
+             merger.stored_bytes() / 2**30)
+    return Workspace(model, tokenizer, merger, group_order, len(vectors[0]), densities=densities)
+
+
+def density_ranges(merger: Merger, config: RunConfig) -> dict[str, tuple[float, float, float]]:
+    """{density parameter: (low, high, step)} of a sparsifying merge; empty under task arithmetic."""
+    settings = merger.settings
+    return {name: (settings.density_min, settings.density_max, DENSITY_STEP) for name in merger.density_names()}
 
 
 Preparer = Callable[[RunConfig], Workspace]
@@ -90,9 +159,9 @@ def run(config: RunConfig, make_evaluator: EvaluatorFactory, prepare_workspace: 
         if best_label in result.holdout_parts:
             result.holdout_parts["best"] = result.holdout_parts[best_label]
         result.verdict = holdout_verdict({label: o.item_values for label, o in outcomes.items()}, best_label)
-        study.set_user_attr(VERDICT_ATTR, result.verdict)  # the report and a later `report` command show it
+        study.set_user_attr("verdict", result.verdict)  # the report and a later `report` command show it
     if result.holdout_parts:
-        study.set_user_attr(HOLDOUT_PARTS_ATTR, result.holdout_parts)
+        study.set_user_attr("holdout_parts", result.holdout_parts)
     save_best(config, ws, study, result)
     return result
 
@@ -158,7 +227,7 @@ def search(config: RunConfig, study: optuna.Study, ws: Workspace, evaluator: Eva
         ws.merger.apply(weights)
         with finite_logits_guard(ws.model):  # NaN/inf logits fail the trial (make_objective records why)
             result = evaluator.score(ws.model, ws.tokenizer, trial)
-        items = {ITEMS_SCORED_ATTR: result.items_scored} if result.items_scored else {}
+        items = {"items_scored": result.items_scored} if result.items_scored else {}
         if stage is not None and result.item_values:  # what the rule for the best trial pairs (search.selection)
             items[ITEM_VALUES_ATTR] = result.item_values
         return result.value, {**result.details, **items, **result.trial_attrs}
@@ -206,7 +275,7 @@ def completed(study: optuna.Study) -> bool:
 
 def items_scored(study: optuna.Study) -> int:
     """Search items scored by all finished trials: a pruned trial counts only the items it scored."""
-    return sum(int(t.user_attrs.get(ITEMS_SCORED_ATTR, 0)) for t in study.get_trials(deepcopy=False, states=FINISHED))
+    return sum(int(t.user_attrs.get("items_scored", 0)) for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def result_of(config: RunConfig, study: optuna.Study, space: SearchSpace | ScaledSpace | None = None) -> RunResult:
@@ -284,3 +353,139 @@ def score_holdout(merger: Merger, evaluator: Evaluator, model, tokenizer,
         scores[label] = outcome
         log.info("holdout %s: %.4f", label, outcome.value)
     return scores
+
+
+def recipe(config: RunConfig, result: RunResult, n_tensors: int) -> dict[str, Any]:
+    """merge_recipe.json: enough to understand and reproduce the merge."""
+    inputs = config.recipe_inputs()
+    return {
+        "tool": f"task_vector_opt {__version__}",
+        "formula": formula(config),
+        "inputs": inputs,
+        **({"search": how} if (how := search_sentence(inputs)) else {}),
+        "study": {"name": config.study_name, "storage": redact(config.storage), "n_trials": config.n_trials},
+        "best": {"trial": result.best_trial, "score": result.best_value},
+        "baselines_search_score": result.search_baselines,
+        "holdout_score": result.holdout,
+        **({"holdout_score_per_task": result.holdout_parts} if result.holdout_parts else {}),
+        "holdout_verdict": result.verdict,
+        "items_scored": result.items_scored,
+        "tensors": n_tensors,
+        **search_parameters(config, result),
+        "weights": result.best_weights,
+    }
+
+
+def search_parameters(config: RunConfig, result: RunResult) -> dict[str, Any]:
+    """What the sampler proposed for the best trial, where it is not the weights themselves: the scales and the
+    shape's offsets of --scale_search, or the knot weights of profile mode."""
+    if config.scale_first:
+        scales = {k: v for k, v in result.best_params.items() if is_scale_name(k)}
+        offsets = {k: v for k, v in result.best_params.items() if k not in scales and not k.startswith("density/")}
+        return {"scale_search": {"scales": scales, "offsets": offsets,
+                                 "rule": "weight = clip(scale of its vector + offset, weight_min, weight_max)"}}
+    if config.optimize_mode == "profile":
+        return {"profile_knots": {k: v for k, v in result.best_params.items() if k.startswith("knot_")}}
+    return {}
+
+
+def formula(config: RunConfig) -> str:
+    """The merge in one line, as the recipe and the model card state it."""
+    merge = config.merge
+    n_vectors = len(config.tuned_models) or 1
+    if n_vectors == 1 and (merge is None or not (merge.sparsifies or merge.normalize)):
+        return "target + weight * (tuned - base)"
+    sparsified = "" if merge is None or not merge.sparsifies else f"{merge.method} sparsified, "
+    return (f"target + sum_i weight_i * S(tuned_i - base) ({sparsified}{n_vectors} vector(s)"
+            + (", normalized by the sum of the weights" if merge is not None and merge.normalize else "") + ")")
+
+
+def summary_table(result: RunResult) -> str:
+    """The scores of w=0, w=1 and the best trial side by side: search and held-out, and on held-out items each
+    task's score when several are weighed together (what the vector gains on one skill and costs on another)."""
+    rows = [(label, value, label.split(" ", 1)[0]) for label, value in sorted(result.search_baselines.items())]
+    rows.append((f"best (trial {result.best_trial})", result.best_value, "best"))
+    parts = list(dict.fromkeys(name for key in ("w=0", "w=1", "best")
+                               for name in result.holdout_parts.get(key, {})))
+    width = max(len(r[0]) for r in rows)
+    columns = [max(8, len(name)) for name in parts]
+    header = "".join(f"  {name:>{w}}" for name, w in zip(parts, columns))
+    lines = [f"  {'merge':<{width}}  {'search':>8}  {'held-out':>8}{header}"]
+    for label, search, key in rows:
+        held = result.holdout.get(key)
+        cells = "".join(f"  {_cell(result.holdout_parts.get(key, {}).get(name)):>{w}}"
+                        for name, w in zip(parts, columns))
+        lines.append(f"  {label:<{width}}  {search:>8.4f}  {_cell(held):>8}{cells}")
+    if parts:
+        lines.append(f"  ({', '.join(parts)}: each task's score on its held-out items)")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def print_summary(result: RunResult) -> None:
+    lines = ["", "=== task vector optimization finished ===",
+             f"study            : {result.study_name} ({result.n_trials} trials finished, {result.n_failed} failed)",
+             f"best search score: {result.best_value:.4f} (trial {result.best_trial})",
+             summary_table(result)]
+    if result.holdout:
+        lines.append("held-out scores  : " + ", ".join(f"{k} {v:.4f}" for k, v in result.holdout.items()))
+    for sentence in result.verdict.get("sentences", []):
+        lines.append(f"verdict          : {sentence}")
+    if result.items_scored:
+        lines.append(f"items scored     : {result.items_scored} in the search (pruned trials count the items "
+                     "they scored)")
+    weights = ", ".join(f"{k}={v:.3f}" for k, v in result.best_weights.items())
+    lines.append(f"best weights     : {weights if len(weights) < 600 else weights[:600] + ' ...'}")
+    if result.output_dir is None:
+        lines.append("saved to         : nothing yet (--search_only); add --finalize to save the best model")
+    else:
+        lines.append(f"saved to         : {result.output_dir}")
+    if result.files:
+        lines.append(f"  beside the model: {', '.join(result.files)}")
+    print("\n".join(lines))
+
+
+def dry_run_plan(config: RunConfig, evaluator_line: str) -> str:
+    """The plan, from config files only: no weights are read. A hub model's config.json is fetched alone, which also
+    checks early that every model can be reached."""
+    from transformers import AutoConfig
+
+    from task_vector_opt.merging.models import auto_class_for
+    from task_vector_opt.merging.vlm import memory_plan, name_map_for
+
+    config_dirs = [resolve_config(source, config.cache_dir) for source in (*config.targets, config.base, config.tuned)]
+    model_config = AutoConfig.from_pretrained(config_dirs[0], trust_remote_code=config.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = auto_class_for(model_config).from_config(model_config, trust_remote_code=config.trust_remote_code)
+    to_checkpoint = name_map_for(skeleton)  # a VLM: its language model's tensors only
+    names = [n for n, _ in skeleton.named_parameters() if to_checkpoint(n) is not None]
+    groups = ordered_groups(group_names(names, config.optimize_mode))
+    n_vectors = len(config.tuned_models) or 1
+    try:
+        n_weights = len(planned_space(groups, n_vectors, config.optimize_mode, config.profile_knots,
+                                      config.scale_first, config.weight_min, config.weight_max).params)
+    except ValueError as exc:
+        raise UsageError("--profile_knots", str(exc).split(": ", 1)[-1]) from None
+    merge = config.merge
+    n_densities = 0 if merge is None or not merge.sparsifies else n_vectors * (len(groups) if merge.density_per_group
+                                                                               else 1)
+    itemsize = DTYPES[config.dtype].itemsize
+    parameters = dict(skeleton.named_parameters())
+    on_device = config.vector_placement != "cpu" and config.device != "cpu"
+    memory = memory_plan(sum(p.numel() for p in parameters.values()) * itemsize,
+                         sum(parameters[n].numel() for n in names) * itemsize, on_device, n_vectors)
+    return json.dumps({
+        "study": config.study_name, "storage": redact(config.storage), "run_dir": str(config.run_dir),
+        "optimize_mode": config.optimize_mode, "scale_search": "on" if config.scale_first else "off",
+        "weights": n_weights, "tensors": len(names),
+        "task_vectors": n_vectors, "merge_method": merge.method if merge is not None else "task_arithmetic",
+        "densities": n_densities,
+        "sampler": config.sampler, "n_trials": config.n_trials,
+        "memory_estimate_gib": {config.device: round(memory.device_bytes / 2**30, 2),
+                                **({} if on_device else
+                                   {"cpu (target copy + task vectors)": round(memory.host_bytes / 2**30, 2)})},
+        "evaluator": evaluator_line, "output_dir": str(config.output_dir),
+    }, indent=2)

@@ -36,6 +36,7 @@ def jglue_in_process(argv) -> None:
 
 def refuse_every_model_load(monkeypatch) -> None:
     """No model loads in this process, dense or MoE (the real runs of such tests load theirs in a subprocess)."""
-    from task_vector_opt.merging import workspace
+    from task_vector_opt import engine
+    from task_vector_opt.merging.moe import workspace as moe_workspace
 
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)

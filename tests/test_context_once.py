@@ -195,14 +195,15 @@ def test_a_model_that_is_not_a_causal_lm_is_refused_in_one_line_naming_the_flag(
 
 def test_a_bad_mc_scorer_on_the_command_line_is_one_line_and_exit_2_before_any_model_loads(tmp_path, capsys,
                                                                                              monkeypatch):
-    from task_vector_opt.merging import workspace
+    from task_vector_opt import engine
     from task_vector_opt.cli.pipelines import JGLUE, run_pipeline
+    from task_vector_opt.merging.moe import workspace as moe_workspace
     from cli_checks import expect_usage_error, refuse_model_loads
     from tiny_models import make_trio
 
     models = make_trio(tmp_path / "models")
     capsys.readouterr()  # saving the models draws progress bars on stderr
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
     argv = ["--target_model", str(models["target"]), "--base_model", str(models["base"]), "--tuned_model",
             str(models["tuned"]), "--output_dir", str(tmp_path / "out"), "--run_dir", str(tmp_path / "run"),
             "--mc_scorer", "fast"]

@@ -2,7 +2,8 @@
 before any model loads (Python's float() accepts them; --weight_min nan used to reach Optuna)."""
 import pytest
 
-from task_vector_opt.merging import workspace
+from task_vector_opt.merging.moe import workspace as moe_workspace
+from task_vector_opt import engine
 from task_vector_opt.cli import flags
 from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH, MT_BENCH_MOE_2, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
@@ -29,7 +30,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
 
 
 def command_taking(flag: str, models, tmp_path):

@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from judge_server import JudgeServer, reply
 from mini_bench import write_mini_bench
 from task_vector_opt import engine
-from task_vector_opt.merging import workspace
 from task_vector_opt.cli.flags import parse_namespace, run_cli
 from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH
 from task_vector_opt.cli.validation import validate
@@ -90,7 +89,7 @@ def set_first(value: float):
 @pytest.mark.parametrize("damage,words", [(truncate, "is truncated"), (replace_with_html, "not a safetensors file")])
 def test_truncated_or_non_safetensors_weight_file_is_one_line_naming_file_and_flag_before_any_model_loads(
         trio, tmp_path, capsys, monkeypatch, role, damage, words):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
     damage(weights_file(trio[role]))
     expect_usage_error(jglue_in_process, jglue_argv(trio, tmp_path), capsys, FLAG_OF[role], str(weights_file(trio[role])),
                        words)
@@ -101,7 +100,7 @@ def test_weight_file_broken_after_validation_is_one_line_naming_file_and_flag_wh
     config = jglue_config(trio, tmp_path)  # valid now; the file is cut short afterwards (e.g. a disk filled up)
     truncate(weights_file(trio[role]))
     with pytest.raises(UsageError) as error:
-        workspace.prepare(config)
+        engine.prepare(config)
     message = str(error.value)
     assert error.value.exit_code == 2 and len(message.splitlines()) == 1
     assert message.startswith(FLAG_OF[role]) and str(weights_file(trio[role])) in message and "truncated" in message
@@ -117,7 +116,7 @@ def test_non_finite_weight_in_target_base_or_tuned_is_refused_naming_model_and_t
     edit_tensor(trio[role], tensor, set_first(value))
     config = jglue_config(trio, tmp_path)
     with pytest.raises(UsageError) as error:
-        workspace.prepare(config)
+        engine.prepare(config)
     message = str(error.value)
     assert error.value.exit_code == 2 and len(message.splitlines()) == 1
     assert message.startswith(FLAG_OF[role]), message

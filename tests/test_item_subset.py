@@ -158,9 +158,9 @@ def test_bad_subset_settings_are_one_line_naming_the_flag_before_any_model_loads
     from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
     from test_jglue_pipeline import command
 
-    from task_vector_opt.merging import workspace
+    from task_vector_opt import engine
 
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
     argv = command(trio, tmp_path, 3, *extra)[2:]  # without the interpreter and the script
     expect_usage_error(jglue_in_process, argv, capsys, flag, fragment)
 

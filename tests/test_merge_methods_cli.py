@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from task_vector_opt.merging import workspace
+from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.cli.pipelines import JGLUE, MT_BENCH_MOE_2, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
@@ -22,7 +22,7 @@ def trio(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
 
 
 def args(trio, tmp_path, tuned=None, *extra):

@@ -8,13 +8,12 @@ from transformers import AutoModelForCausalLM
 
 from task_vector_opt.run_config import RunConfig
 from task_vector_opt.sources import ModelSource
-from task_vector_opt.outputs.recipe import recipe
-from task_vector_opt.outputs.result import RunResult
+from task_vector_opt.engine import RunResult, recipe
 from task_vector_opt.merging.moe.routers import hidden_router_vectors, random_router_vectors
 from task_vector_opt.merging.moe.save import save_outputs
 from task_vector_opt.merging.moe.workspace import prepare
 from task_vector_opt.merging.moe.config import ExpertPrompts, MoESettings
-from moe_on_disk import compose_moe_on_disk
+from task_vector_opt.merging.moe.on_disk import compose_moe_on_disk
 from tiny_models import make_moe_models, make_tokenizer
 
 VOCAB = 272  # the tiny tokenizer has 257 tokens

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from task_vector_opt.merging import workspace
+from task_vector_opt import engine
+from task_vector_opt.merging.moe import workspace as moe_workspace
 from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, MT_BENCH_MOE_4, run_pipeline
 from cli_checks import expect_usage_error, refuse_model_loads
@@ -29,7 +30,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
 
 
 def args(models, tmp_path, *targets):

@@ -10,7 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from task_vector_opt.merging import workspace
+from task_vector_opt.merging.moe import workspace as moe_workspace
+from task_vector_opt import engine
 from task_vector_opt.cli.flags import run_cli
 from task_vector_opt.cli.pipelines import MT_BENCH_MOE_2, run_pipeline
 from cli_checks import expect_usage_error, jglue_in_process, refuse_model_loads
@@ -62,7 +63,7 @@ def finished_jglue(tmp_path_factory):
                          ids=["same command", "same study, other batch size"])
 def test_rerunning_a_finished_saved_command_exits_0_without_a_trial_a_model_load_or_a_write(
         finished_jglue, monkeypatch, capsys, changes):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
     saved_before = snapshot(finished_jglue["out"])
     trials_before = len(trials_in(finished_jglue["run_dir"]))
 
@@ -114,7 +115,7 @@ RECIPE_EDITS = {
 
 @pytest.mark.parametrize("edit", RECIPE_EDITS, ids=list(RECIPE_EDITS))
 def test_an_output_dir_holding_another_save_is_still_refused(finished_jglue, monkeypatch, capsys, edit):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
     other = _copy_with_recipe(finished_jglue, edit.replace(" ", "_"), RECIPE_EDITS[edit])
     expect_usage_error(jglue_in_process, finished_jglue["argv"] + ["--output_dir", str(other)], capsys, "--output_dir",
                        "not empty", "--overwrite_output_dir")
@@ -122,7 +123,7 @@ def test_an_output_dir_holding_another_save_is_still_refused(finished_jglue, mon
 
 def test_the_saved_model_of_a_study_asked_for_more_trials_is_refused(finished_jglue, monkeypatch, capsys):
     # The study would go on to 4 trials and might find a better model: the save is not this command's result.
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
     expect_usage_error(jglue_in_process, finished_jglue["argv"] + ["--n_trials", "4"], capsys, "--output_dir",
                        "not empty")
 
@@ -151,7 +152,7 @@ def test_rerunning_a_finished_moe_command_exits_0_and_a_half_present_save_is_ref
     saved_dirs = [tmp_path / "moe-1", tmp_path / "moe-2", out]
     before = {d: snapshot(d) for d in saved_dirs}
 
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine, moe_workspace)
     run_cli(lambda a: run_pipeline(MT_BENCH_MOE_2, a), argv)
     printed = capsys.readouterr().out
     assert "nothing to do" in printed and all(str(d) in printed for d in saved_dirs), printed

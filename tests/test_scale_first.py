@@ -12,7 +12,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from task_vector_opt.merging import workspace
+from task_vector_opt import engine
 from task_vector_opt.search.scale_first import ScaledSpace, design, is_scale_name, refinement
 from task_vector_opt.search.selection import chosen_trial
 from task_vector_opt.search.space import search_space
@@ -36,7 +36,7 @@ def trio(tmp_path_factory):
 
 @pytest.fixture
 def no_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
 
 
 def argv(trio, tmp_path, n_trials, *extra, tasks="demo_target:0.5,demo_skill:0.5"):

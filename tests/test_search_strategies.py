@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from task_vector_opt.merging import workspace
+from task_vector_opt import engine
 from task_vector_opt.merging.grouping import group_names, profile_weights
 from task_vector_opt.merging.merger import Merger
 from task_vector_opt.merging.task_vector import build_task_vector
@@ -253,7 +253,7 @@ def test_with_two_tasks_summary_recipe_and_report_show_each_tasks_held_out_score
 
 @pytest.fixture
 def no_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, workspace)
+    refuse_model_loads(monkeypatch, engine)
 
 
 @pytest.mark.parametrize("extra, flag, fragment", [

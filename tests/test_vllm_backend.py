@@ -139,12 +139,12 @@ def mt_bench_argv(trio, tmp_path):
 
 
 def one_line_exit_2(argv, capsys, monkeypatch) -> str:
-    from task_vector_opt.merging import workspace
+    from task_vector_opt import engine
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(workspace, "load_model", refuse)
+    monkeypatch.setattr(engine, "load_model", refuse)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda a: run_pipeline(MT_BENCH, a), argv)
     assert exit_info.value.code == 2

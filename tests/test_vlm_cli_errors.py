@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from task_vector_opt.merging import workspace
+from task_vector_opt import engine
 from task_vector_opt.cli.pipelines import JGLUE, VLM, run_pipeline
 from task_vector_opt.merging import models as model_files
 from cli_checks import expect_usage_error, refuse_model_loads
@@ -34,7 +34,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch):
-    refuse_model_loads(monkeypatch, workspace, model_files)
+    refuse_model_loads(monkeypatch, engine, model_files)
 
 
 def bench(tmp_path, *items, image=EXAMPLE_IMAGE) -> Path:

@@ -12,16 +12,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from task_vector_opt import engine
-from task_vector_opt.cli.plan import dry_run_plan
 from task_vector_opt.cli.flags import DTYPE_FLAG, JGLUE_FLAGS, MT_BENCH_FLAGS, CommandLine, Flag, parse_namespace, run_cli
 from task_vector_opt.run_config import PipelineExtras
 from task_vector_opt.sources import ModelSource
 from task_vector_opt.errors import UploadFailed, first_line
 from task_vector_opt.cli.validation import check_model_output, validate
 from task_vector_opt.evaluation.protocol import Evaluator
-from task_vector_opt.modes import MOE_PIPELINE_PREFIX
-from task_vector_opt.merging.workspace import Workspace, prepare as prepare_workspace
-from task_vector_opt.outputs.result import RunResult, print_summary
 
 TARGET_FLAG = Flag("--target_model", "Model the task vector is added to: hub id or local dir.")
 
@@ -44,9 +40,9 @@ class Pipeline:
     extra_from_args: Callable[[argparse.Namespace, list[ModelSource]], PipelineExtras] | None = None
     # The run's dtype (RunConfig.dtype), from the flags and the extras; default: --dtype as given
     dtype_from_args: Callable[[argparse.Namespace, PipelineExtras], str] = lambda args, extra: args.dtype
-    prepare: Callable[[Any], Workspace] = prepare_workspace  # loads the live model and its merger
-    plan: Callable[[Any, str], str] = dry_run_plan  # the --dry_run output
-    summary: Callable[[Any, RunResult], str] | None = None  # extra lines after the engine's summary
+    prepare: Callable[[Any], engine.Workspace] = engine.prepare  # loads the live model and its merger
+    plan: Callable[[Any, str], str] = engine.dry_run_plan  # the --dry_run output
+    summary: Callable[[Any, engine.RunResult], str] | None = None  # extra lines after the engine's summary
     # Checks the directories the save writes (config, "holds this study's saved model?") -> those directories,
     # the one --push_to_hub uploads first, when they all hold it already (a finished rerun: nothing to do), else None
     check_outputs: Callable[[Any, Callable[[Path], bool]], list[Path] | None] = check_model_output
@@ -101,9 +97,9 @@ def _checked_target_dirs(config) -> tuple[Path, Any]:
     return target_dir, check_vlm_target(config.targets[0].flag, target_dir, base_dir)
 
 
-def _prepare_any_target(config) -> Workspace:
+def _prepare_any_target(config) -> engine.Workspace:
     _checked_target_dirs(config)
-    return prepare_workspace(config)
+    return engine.prepare(config)
 
 
 JGLUE = Pipeline(
@@ -185,7 +181,7 @@ def moe_mt_bench(n_experts: int) -> Pipeline:
     from task_vector_opt.cli.flags import MOE_FLAGS, moe_target_flags
 
     return Pipeline(
-        name=f"{MOE_PIPELINE_PREFIX}{n_experts}",
+        name=f"mt_bench_moe_{n_experts}",
         command_line=CommandLine(prog=f"merge_task_vector_mt_bench_moe_{n_experts}_experts.py",
                      description=f"Build a Mixtral-style MoE of up to {n_experts} experts in memory (expert i = "
                                  "target_i + w_i*(tuned - base)) and find the weights that maximize an MT-Bench-style "
@@ -221,8 +217,8 @@ def _require_vlm_target(args: argparse.Namespace, targets: list[ModelSource]) ->
     return PipelineExtras()
 
 
-def _prepare_vlm(config) -> Workspace:
-    """prepare_workspace, then the target's processor takes the tokenizer's place: the evaluator needs its image
+def _prepare_vlm(config) -> engine.Workspace:
+    """engine.prepare, then the target's processor takes the tokenizer's place: the evaluator needs its image
     processor and chat template, and the save writes it whole."""
     from transformers import AutoProcessor
 
@@ -232,7 +228,7 @@ def _prepare_vlm(config) -> Workspace:
     if vlm is None:
         raise UsageError(config.targets[0].flag, f"{config.targets[0].name_or_path!r} is not a vision-language model; the "
                                                  "image bench needs one")
-    workspace = prepare_workspace(config)
+    workspace = engine.prepare(config)
     workspace.tokenizer = AutoProcessor.from_pretrained(target_dir, trust_remote_code=config.trust_remote_code)
     return workspace
 
@@ -305,7 +301,7 @@ def run_pipeline(pipeline: Pipeline, argv: Sequence[str] | None = None) -> None:
     finally:
         if tracker is not None:
             tracker.finish(result)
-    print_summary(result)
+    engine.print_summary(result)
     if pipeline.summary is not None and result.output_dir is not None:
         print(pipeline.summary(config, result))
     if args.push_to_hub and result.output_dir is not None:

@@ -2,8 +2,7 @@
 
 Same rules as the in-memory MoE (and mergekit-moe): everything but the MLPs from the MoE base expert,
 expert k's gate/up/down projections as ``block_sparse_moe.experts.k.w1/w3/w2``, one router per layer.
-The tests compare the in-memory MoE against it tensor for tensor; benchmarks/bench_moe_update.py times it. It is
-no part of the tool, so it lives with the tests.
+The tests compare the in-memory MoE against it tensor for tensor; the benchmark times it.
 """
 from __future__ import annotations
 
