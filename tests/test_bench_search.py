@@ -28,6 +28,9 @@ def test_the_benchmark_spends_each_budget_in_trial_equivalents_and_prints_one_ro
     assert list(interference["interference"]) == ["w=0", "w=0.5", "w=1"]
     assert set(interference["interference"]["w=0.5"]) == {"score", "demo_target", "demo_skill"}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["selection"] for r in rows} == {"paired95", "paired80", "highest"}  # every rule, from the same runs
+    assert all(r["strategy"].endswith("@" + r["selection"]) for r in rows if r["selection"] != "paired95")
+    rows = [r for r in rows if r["selection"] == "paired95"]  # the engine's own rule: the plain strategy names
     assert [(r["strategy"], r["budget"]) for r in rows] == [
         ("random/layer", 1.5), ("random/layer", 3), ("TPE/profile2+median", 1.5), ("TPE/profile2+median", 3),
         ("CMA-ES/scale-profile2~choice_prob", 1.5), ("CMA-ES/scale-profile2~choice_prob", 3)]
